@@ -1,0 +1,279 @@
+"""The ``dr_exp`` command line: watch the queue, list jobs, run workers.
+
+Every command finds the job database the way the launcher does: ``--db``,
+else ``$DR_EXP_DB``, else ``.dr_exp/jobs.db`` under the current directory.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import logging
+import sys
+import time
+from typing import Any, Optional, Sequence
+
+from dr_exp.db import STATUSES, DatabaseError, JobDB, resolve_db_path
+
+EPILOG = """\
+examples:
+  python train.py -m optim.lr=0.01,0.1 seed=0,1,2 hydra/launcher=dr_exp
+  dr_exp status                       # counts per experiment, running jobs
+  dr_exp list --status failed         # what went wrong, with error summaries
+  dr_exp list --format json           # every job, for scripts
+  dr_exp worker --experiment train    # drain the queue from another shell or node
+
+The database is --db, else $DR_EXP_DB, else .dr_exp/jobs.db in the current directory.
+"""
+
+
+class CLIError(Exception):
+    """Reported as one line on stderr with exit status 1."""
+
+
+class Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # one line, not usage plus a message
+        print(f"{self.prog}: error: {message} (see {self.prog} --help)", file=sys.stderr)
+        raise SystemExit(2)
+
+
+def _common(parser: argparse.ArgumentParser, top: bool) -> None:
+    # On the top level and on each command, so `dr_exp --db X status` and
+    # `dr_exp status --db X` both work; SUPPRESS keeps one from erasing the other.
+    default = None if top else argparse.SUPPRESS
+    parser.add_argument(
+        "--db", default=default, help="job database (default: $DR_EXP_DB or .dr_exp/jobs.db)"
+    )
+    parser.add_argument(
+        "--experiment", "-e", default=default, help="only this experiment (default: all)"
+    )
+
+
+def build_parser() -> Parser:
+    parser = Parser(
+        prog="dr_exp",
+        description="A durable SQLite job queue behind a Hydra launcher (hydra/launcher=dr_exp).",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    _common(parser, top=True)
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=Parser)
+
+    p = sub.add_parser("status", help="job counts per experiment and status, and running jobs")
+    _common(p, top=False)
+    p.add_argument("--format", choices=("table", "json"), default="table")
+    p.set_defaults(func=cmd_status)
+
+    p = sub.add_parser("list", help="list jobs")
+    _common(p, top=False)
+    p.add_argument(
+        "--status",
+        default="all",
+        help=f"one of {', '.join(STATUSES)}, all; comma-separated for several (default: all)",
+    )
+    p.add_argument("--format", choices=("table", "json"), default="table")
+    p.add_argument("--limit", type=int, default=None, help="show at most N jobs")
+    p.set_defaults(func=cmd_list)
+
+    p = sub.add_parser(
+        "worker",
+        help="claim and run jobs until the queue stays empty",
+        description="Claim jobs (highest priority first) and run each in its own process. "
+        "SIGTERM/SIGINT/SIGUSR1/SIGUSR2 put the running job back to pending and exit.",
+    )
+    _common(p, top=False)
+    p.add_argument(
+        "--idle-timeout",
+        type=float,
+        default=60.0,
+        help="exit after the queue has been empty this many seconds; 0 waits for ever (default 60)",
+    )
+    p.add_argument(
+        "--grace",
+        type=float,
+        default=10.0,
+        help="seconds a signalled job gets to exit before it is killed (default 10)",
+    )
+    p.add_argument("--max-jobs", type=int, default=None, help="exit after running N jobs")
+    p.set_defaults(func=cmd_worker)
+    return parser
+
+
+# -- helpers ------------------------------------------------------------------
+def _open(args: argparse.Namespace) -> JobDB:
+    return JobDB.open(resolve_db_path(args.db), create=False)
+
+
+def _iso(ts: Optional[float]) -> Optional[str]:
+    if ts is None:
+        return None
+    return dt.datetime.fromtimestamp(ts).astimezone().isoformat(timespec="seconds")
+
+
+def _duration(seconds: float) -> str:
+    seconds = int(seconds)
+    if seconds < 60:
+        return f"{seconds}s"
+    if seconds < 3600:
+        return f"{seconds // 60}m{seconds % 60:02d}s"
+    return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
+
+
+def _table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
+    cells = [[("" if v is None else str(v)) for v in row] for row in rows]
+    widths = [max([len(h)] + [len(r[i]) for r in cells]) for i, h in enumerate(headers)]
+    lines = ["  ".join(h.ljust(w) for h, w in zip(headers, widths)).rstrip()]
+    for r in cells:
+        lines.append("  ".join(v.ljust(w) for v, w in zip(r, widths)).rstrip())
+    return "\n".join(lines)
+
+
+def _job_json(row: dict) -> dict:
+    out = dict(row)
+    for key in ("created", "started", "ended"):
+        out[key] = _iso(row[key])
+    return out
+
+
+# -- commands -------------------------------------------------------------------
+def cmd_status(args: argparse.Namespace) -> int:
+    db = _open(args)
+    counts: dict[str, dict[str, int]] = {}
+    for row in db.status_counts(args.experiment):
+        counts.setdefault(row["experiment"], {s: 0 for s in STATUSES})[row["status"]] = row["n"]
+    running = db.list_jobs(statuses=["running"], experiment=args.experiment)
+    now = time.time()
+    if args.format == "json":
+        print(
+            json.dumps(
+                {
+                    "db": str(db.path),
+                    "experiments": counts,
+                    "running": [
+                        {
+                            "id": j["id"],
+                            "experiment": j["experiment"],
+                            "worker": j["worker"],
+                            "host": j["host"],
+                            "started": _iso(j["started"]),
+                            "elapsed_s": round(now - j["started"], 1) if j["started"] else None,
+                            "overrides": j["overrides"],
+                        }
+                        for j in running
+                    ],
+                },
+                indent=2,
+            )
+        )
+        return 0
+    print(f"database: {db.path}")
+    if not counts:
+        print("no jobs" + (f" for experiment {args.experiment!r}" if args.experiment else ""))
+        return 0
+    rows = [
+        [exp] + [c[s] for s in STATUSES] + [sum(c.values())] for exp, c in sorted(counts.items())
+    ]
+    print(_table(["experiment", *STATUSES, "total"], rows))
+    if running:
+        print("\nrunning:")
+        print(
+            _table(
+                ["id", "experiment", "worker", "elapsed", "overrides"],
+                [
+                    [
+                        j["id"],
+                        j["experiment"],
+                        j["worker"],
+                        _duration(now - j["started"]) if j["started"] else "",
+                        " ".join(j["overrides"]),
+                    ]
+                    for j in running
+                ],
+            )
+        )
+    return 0
+
+
+def _parse_statuses(text: str) -> Optional[list[str]]:
+    wanted = [s.strip() for s in text.split(",") if s.strip()]
+    if not wanted or "all" in wanted:
+        return None
+    for s in wanted:
+        if s not in STATUSES:
+            raise CLIError(f"unknown status {s!r}; choose from {', '.join(STATUSES)}, all")
+    return wanted
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    statuses = _parse_statuses(args.status)
+    if args.limit is not None and args.limit < 1:
+        raise CLIError("--limit must be 1 or more")
+    db = _open(args)
+    jobs = db.list_jobs(statuses=statuses, experiment=args.experiment, limit=args.limit)
+    if args.format == "json":
+        print(json.dumps([_job_json(j) for j in jobs], indent=2))
+        return 0
+    if not jobs:
+        print("no jobs")
+        return 0
+    rows = []
+    for j in jobs:
+        result = j["error"] if j["status"] == "failed" else j["return_value"]
+        if not isinstance(result, str) and result is not None:
+            result = json.dumps(result)
+        if result and len(result) > 60:
+            result = result[:57] + "..."
+        rows.append(
+            [
+                j["id"],
+                j["experiment"],
+                j["status"],
+                j["priority"],
+                " ".join(j["overrides"]),
+                result,
+            ]
+        )
+    print(_table(["id", "experiment", "status", "priority", "overrides", "result/error"], rows))
+    return 0
+
+
+def cmd_worker(args: argparse.Namespace) -> int:
+    from dr_exp.worker import Worker
+
+    if args.idle_timeout < 0:
+        raise CLIError("--idle-timeout must be 0 (never) or more seconds")
+    if args.grace < 0:
+        raise CLIError("--grace must be 0 or more seconds")
+    if args.max_jobs is not None and args.max_jobs < 1:
+        raise CLIError("--max-jobs must be 1 or more")
+    logging.basicConfig(
+        level=logging.INFO,
+        format="%(asctime)s [%(name)s] %(message)s",
+        stream=sys.stderr,
+    )
+    db = _open(args)
+    worker = Worker(
+        db,
+        experiment=args.experiment,
+        idle_timeout=args.idle_timeout,
+        grace_period=args.grace,
+        max_jobs=args.max_jobs,
+    )
+    return worker.run()
+
+
+def main(argv: Optional[Sequence[str]] = None) -> None:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+        raise SystemExit(2)
+    try:
+        code = args.func(args)
+    except (CLIError, DatabaseError, ValueError) as e:
+        print(f"dr_exp: error: {e}", file=sys.stderr)
+        raise SystemExit(1) from None
+    except BrokenPipeError:  # `dr_exp list | head`
+        code = 0
+    raise SystemExit(code)

@@ -1,0 +1,592 @@
+"""The job database: the one module that owns every SQL statement dr_exp runs.
+
+Example::
+
+    from dr_exp.db import JobDB
+
+    db = JobDB.open(".dr_exp/jobs.db")
+    sweep = db.add_sweep(experiment="train", app="train", cwd="/proj", sys_path=[],
+                         sweep_dir="multirun/x", config_yaml="...", payload=b"...",
+                         signature="...", want_returns=True)
+    ids = db.enqueue(sweep, "train", [(0, ["seed=0"]), (1, ["seed=1"])], priority=500, tags=[])
+    job = db.claim(worker="host-1-ab", host="host")      # highest priority, then FIFO
+    db.finish(job.id, "host-1-ab", Outcome(status="completed", return_json="0.93"))
+
+Every connection runs with ``isolation_level=None``; every write is one
+``BEGIN IMMEDIATE`` transaction, retried when SQLite stays busy, so callers
+never see "database is locked".  Every change to a running job is guarded by
+``WHERE id=? AND status='running' AND worker=?``, which makes a stale worker harmless.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import sqlite3
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterable, Optional, Sequence, TypeVar
+
+import sqlite_utils
+
+SCHEMA_VERSION = 1
+STATUSES = ("pending", "running", "completed", "failed", "cancelled")
+FINAL_STATUSES = ("completed", "failed", "cancelled")
+PRIORITY_MIN, PRIORITY_MAX = 0, 1000
+DEFAULT_PRIORITY = 500
+
+# Filesystems on which WAL's shared-memory index is unsafe (SQLite docs: WAL
+# needs every process on one host).  On these, dr_exp uses the rollback journal.
+NETWORK_FILESYSTEMS = {
+    "nfs", "nfs4", "lustre", "gpfs", "cifs", "smb", "smb2", "smb3", "smbfs",
+    "beegfs", "ceph", "fuse.ceph", "glusterfs", "fuse.glusterfs", "afs", "9p",
+    "fuse.sshfs", "panfs", "fhgfs", "wekafs", "orangefs", "pvfs2",
+}  # fmt: skip
+
+T = TypeVar("T")
+
+
+class DatabaseError(Exception):
+    """A problem with the job database that the user must fix (shown as one line)."""
+
+
+def validate_priority(value: Any, what: str = "priority") -> int:
+    """Priorities are whole numbers in 0-1000; anything else is a user error."""
+    if isinstance(value, str) and value.strip().lstrip("-").isdigit():
+        value = int(value)
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ValueError(f"{what} must be an integer from 0 to 1000, got {value!r}")
+    if not PRIORITY_MIN <= value <= PRIORITY_MAX:
+        raise ValueError(f"{what} must be from 0 to 1000 (higher runs first), got {value}")
+    return value
+
+
+def validate_status(value: str) -> str:
+    if value not in STATUSES:
+        raise ValueError(f"unknown status {value!r}; choose from {', '.join(STATUSES)}")
+    return value
+
+
+def resolve_db_path(explicit: Optional[str] = None, cwd: Optional[str] = None) -> Path:
+    """``--db``/``hydra.launcher.db``, else ``$DR_EXP_DB``, else ``.dr_exp/jobs.db`` under cwd."""
+    raw = explicit or os.environ.get("DR_EXP_DB") or os.path.join(".dr_exp", "jobs.db")
+    path = Path(os.path.expanduser(raw))
+    if not path.is_absolute():
+        path = Path(cwd or os.getcwd()) / path
+    return path
+
+
+def filesystem_type(path: Path) -> Optional[str]:
+    """The type of the mount holding ``path``, read from /proc/mounts (Linux)."""
+    try:
+        with open("/proc/self/mounts") as f:
+            mounts = [line.split()[1:3] for line in f if len(line.split()) >= 3]
+    except OSError:
+        return None
+    target = os.path.realpath(path)
+    best, best_type = "", None
+    for mount_point, fs_type in mounts:
+        mount_point = mount_point.replace("\\040", " ")
+        if (target == mount_point or target.startswith(mount_point.rstrip("/") + "/")) and len(
+            mount_point
+        ) >= len(best):
+            best, best_type = mount_point, fs_type
+    return best_type
+
+
+def choose_journal_mode(path: Path) -> str:
+    """WAL on a local disk, the rollback journal on a network filesystem."""
+    forced = os.environ.get("DR_EXP_JOURNAL_MODE", "").strip().lower()
+    if forced:
+        if forced not in ("wal", "delete", "truncate", "persist"):
+            raise DatabaseError(f"DR_EXP_JOURNAL_MODE must be wal or delete, got {forced!r}")
+        return forced
+    fs_type = filesystem_type(path.parent)
+    if fs_type and (fs_type in NETWORK_FILESYSTEMS or fs_type.split(".")[0] in NETWORK_FILESYSTEMS):
+        return "delete"
+    return "wal"
+
+
+@dataclass
+class Job:
+    """A claimed job: what a worker needs to run it."""
+
+    id: int
+    experiment: str
+    sweep_id: int
+    job_num: int
+    overrides: list[str]
+    attempts: int
+
+
+@dataclass
+class Outcome:
+    """How a run ended, as the worker records it."""
+
+    status: str  # completed or failed
+    return_json: Optional[str] = None
+    error: Optional[str] = None
+    output_dir: Optional[str] = None
+    result_blob: Optional[bytes] = None
+    result_signature: Optional[str] = None
+
+
+@dataclass
+class Sweep:
+    id: int
+    experiment: str
+    cwd: str
+    sys_path: list[str]
+    payload: bytes
+    signature: str
+    want_returns: bool
+    extra: dict = field(default_factory=dict)
+
+
+def _migrate_to_1(db: sqlite_utils.Database) -> None:
+    """The first schema: sweeps (one pickled payload each), jobs, and returned objects."""
+    db["sweeps"].create(
+        {
+            "id": int,
+            "experiment": str,
+            "app": str,
+            "created": float,
+            "cwd": str,
+            "sys_path": str,  # JSON list, so a worker can import what the app imported
+            "sweep_dir": str,
+            "config": str,  # the master config as YAML: readable without unpickling
+            "want_returns": int,
+            "payload": bytes,  # cloudpickle of task function, config loader, Hydra state
+            "signature": str,  # HMAC-SHA256 of payload
+        },
+        pk="id",
+        not_null={"experiment", "created", "cwd", "payload", "signature"},
+    )
+    db["jobs"].create(
+        {
+            "id": int,
+            "experiment": str,
+            "sweep_id": int,
+            "job_num": int,
+            "overrides": str,  # JSON list of "key=value" strings
+            "priority": int,
+            "tags": str,  # JSON list
+            "status": str,
+            "attempts": int,
+            "worker": str,
+            "host": str,
+            "created": float,
+            "started": float,
+            "ended": float,
+            "output_dir": str,
+            "return_value": str,  # JSON
+            "error": str,  # one-line summary; the traceback is in <output_dir>/error.txt
+        },
+        pk="id",
+        not_null={"experiment", "overrides", "priority", "tags", "status", "attempts", "created"},
+        defaults={"status": "pending", "attempts": 0, "tags": "[]"},
+        foreign_keys=[("sweep_id", "sweeps", "id")],
+    )
+    # Claims read pending rows only, in priority order: partial indexes keep that
+    # O(log n) at a million rows, and stay small as jobs finish.
+    db.execute(
+        "CREATE INDEX jobs_pending ON jobs(priority DESC, id) WHERE status = 'pending'"
+    )
+    db.execute(
+        "CREATE INDEX jobs_pending_by_experiment ON jobs(experiment, priority DESC, id) "
+        "WHERE status = 'pending'"
+    )
+    db["jobs"].create_index(["experiment", "status"], index_name="jobs_experiment_status")
+    db["jobs"].create_index(["sweep_id", "job_num"], index_name="jobs_sweep")
+    db["results"].create(
+        {"job_id": int, "payload": bytes, "signature": str},
+        pk="job_id",
+        foreign_keys=[("job_id", "jobs", "id")],
+    )
+
+
+# MIGRATIONS[i] takes a database at schema version i to version i + 1.
+MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [_migrate_to_1]
+assert len(MIGRATIONS) == SCHEMA_VERSION
+
+
+def _is_busy(exc: sqlite3.OperationalError) -> bool:
+    text = str(exc).lower()
+    return "locked" in text or "busy" in text
+
+
+class JobDB:
+    """A connection to one job database file."""
+
+    def __init__(self, path: Path, conn: sqlite3.Connection, journal_mode: str) -> None:
+        self.path = path
+        self.conn = conn
+        self.journal_mode = journal_mode
+        self.db = sqlite_utils.Database(conn, execute_plugins=False)
+
+    # -- opening ---------------------------------------------------------------
+    @classmethod
+    def open(cls, path: Path | str, create: bool = True, group_shared: bool = False) -> JobDB:
+        """Open (and create or migrate) the database at ``path``.
+
+        A new file gets mode 0600, or 0660 with ``group_shared`` (or
+        ``DR_EXP_DB_GROUP_SHARED=1``), because its payloads run code.
+        """
+        path = Path(path)
+        if not path.exists():
+            if not create:
+                raise DatabaseError(
+                    f"no job database at {path}; run a sweep with hydra/launcher=dr_exp first, "
+                    "or point --db / DR_EXP_DB at one"
+                )
+            group_shared = group_shared or os.environ.get("DR_EXP_DB_GROUP_SHARED") == "1"
+            try:
+                path.parent.mkdir(parents=True, exist_ok=True, mode=0o770 if group_shared else 0o700)
+                fd = os.open(path, os.O_CREAT | os.O_RDWR, 0o660 if group_shared else 0o600)
+            except OSError as e:
+                raise DatabaseError(f"cannot create job database {path}: {e.strerror}") from None
+            os.close(fd)
+            os.chmod(path, 0o660 if group_shared else 0o600)
+        elif path.is_dir():
+            raise DatabaseError(f"{path} is a directory, not a job database")
+        journal_mode = choose_journal_mode(path)
+        try:
+            conn = sqlite3.connect(str(path), isolation_level=None, timeout=30.0)
+            conn.execute("PRAGMA busy_timeout = 30000")
+            current = conn.execute("PRAGMA journal_mode").fetchone()[0].lower()
+            if current != journal_mode:
+                cls._retry(lambda: conn.execute(f"PRAGMA journal_mode = {journal_mode}"))
+            sync = "NORMAL" if journal_mode == "wal" else "FULL"
+            conn.execute(f"PRAGMA synchronous = {sync}")
+            conn.execute("PRAGMA foreign_keys = ON")
+        except sqlite3.DatabaseError as e:
+            raise DatabaseError(f"cannot open job database {path}: {e}") from None
+        self = cls(path, conn, journal_mode)
+        self._migrate()
+        return self
+
+    def close(self) -> None:
+        self.conn.close()
+
+    def schema_version(self) -> int:
+        return self.conn.execute("PRAGMA user_version").fetchone()[0]
+
+    def _migrate(self) -> None:
+        version = self.schema_version()
+        if version > SCHEMA_VERSION:
+            raise DatabaseError(
+                f"{self.path} has schema version {version}, newer than this dr_exp "
+                f"understands ({SCHEMA_VERSION}); upgrade dr_exp"
+            )
+        if version == SCHEMA_VERSION:
+            return
+
+        def migrate(conn: sqlite3.Connection) -> None:
+            # Re-read under the write lock: another process may have migrated first.
+            start = conn.execute("PRAGMA user_version").fetchone()[0]
+            for step in range(start, SCHEMA_VERSION):
+                MIGRATIONS[step](self.db)
+                conn.execute(f"PRAGMA user_version = {step + 1}")
+
+        try:
+            self._write(migrate)
+        except sqlite3.DatabaseError as e:
+            raise DatabaseError(f"{self.path} is not a dr_exp job database ({e})") from None
+
+    # -- transactions ----------------------------------------------------------
+    @staticmethod
+    def _retry(fn: Callable[[], T], attempts: int = 60) -> T:
+        """Run ``fn``, retrying while SQLite reports the database busy or locked."""
+        delay = 0.01
+        for attempt in range(attempts):
+            try:
+                return fn()
+            except sqlite3.OperationalError as e:
+                if not _is_busy(e) or attempt == attempts - 1:
+                    raise
+                time.sleep(delay * (0.5 + random.random()))
+                delay = min(delay * 2, 1.0)
+        raise AssertionError("unreachable")
+
+    def _write(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        """Run ``fn`` inside one ``BEGIN IMMEDIATE`` transaction, retried when busy."""
+
+        def attempt() -> T:
+            self.conn.execute("BEGIN IMMEDIATE")
+            try:
+                result = fn(self.conn)
+                self.conn.execute("COMMIT")
+                return result
+            except BaseException:
+                if self.conn.in_transaction:
+                    self.conn.execute("ROLLBACK")
+                raise
+
+        return self._retry(attempt)
+
+    def _read(self, sql: str, params: Sequence[Any] | dict = ()) -> list[sqlite3.Row]:
+        def run() -> list[sqlite3.Row]:
+            cur = self.conn.execute(sql, params)
+            cols = [c[0] for c in cur.description]
+            return [dict(zip(cols, row)) for row in cur.fetchall()]
+
+        return self._retry(run)
+
+    # -- sweeps ----------------------------------------------------------------
+    def add_sweep(
+        self,
+        *,
+        experiment: str,
+        app: str,
+        cwd: str,
+        sys_path: list[str],
+        sweep_dir: str,
+        config_yaml: str,
+        payload: bytes,
+        signature: str,
+        want_returns: bool,
+    ) -> int:
+        row = {
+            "experiment": experiment,
+            "app": app,
+            "created": time.time(),
+            "cwd": cwd,
+            "sys_path": json.dumps(sys_path),
+            "sweep_dir": sweep_dir,
+            "config": config_yaml,
+            "want_returns": int(want_returns),
+            "payload": payload,
+            "signature": signature,
+        }
+        return self._write(lambda conn: self.db["sweeps"].insert(row).last_pk)
+
+    def get_sweep(self, sweep_id: int) -> Optional[Sweep]:
+        rows = self._read(
+            "SELECT id, experiment, cwd, sys_path, payload, signature, want_returns "
+            "FROM sweeps WHERE id = ?",
+            (sweep_id,),
+        )
+        if not rows:
+            return None
+        r = rows[0]
+        return Sweep(
+            id=r["id"],
+            experiment=r["experiment"],
+            cwd=r["cwd"],
+            sys_path=json.loads(r["sys_path"] or "[]"),
+            payload=r["payload"],
+            signature=r["signature"],
+            want_returns=bool(r["want_returns"]),
+        )
+
+    # -- enqueueing ------------------------------------------------------------
+    def enqueue(
+        self,
+        sweep_id: int,
+        experiment: str,
+        jobs: Sequence[tuple[int, Sequence[str]]],
+        priority: int = DEFAULT_PRIORITY,
+        tags: Sequence[str] = (),
+    ) -> list[int]:
+        """Insert a whole launch batch in one transaction; returns the new job ids in order."""
+        priority = validate_priority(priority)
+        now = time.time()
+        tags_json = json.dumps(list(tags))
+        rows = [
+            {
+                "experiment": experiment,
+                "sweep_id": sweep_id,
+                "job_num": num,
+                "overrides": json.dumps(list(overrides)),
+                "priority": priority,
+                "tags": tags_json,
+                "status": "pending",
+                "attempts": 0,
+                "created": now,
+            }
+            for num, overrides in jobs
+        ]
+
+        def insert(conn: sqlite3.Connection) -> list[int]:
+            first = conn.execute("SELECT coalesce(max(id), 0) FROM jobs").fetchone()[0] + 1
+            self.db["jobs"].insert_all(rows, batch_size=5000)
+            # We hold the write lock, so the batch got consecutive ids.
+            ids = [
+                r[0]
+                for r in conn.execute(
+                    "SELECT id FROM jobs WHERE id >= ? ORDER BY id", (first,)
+                ).fetchall()
+            ]
+            assert len(ids) == len(rows), "enqueue: inserted rows went missing"
+            return ids
+
+        return self._write(insert)
+
+    # -- the worker's side -----------------------------------------------------
+    _CLAIM = """
+        UPDATE jobs
+           SET status = 'running', worker = :worker, host = :host, started = :now,
+               ended = NULL, attempts = attempts + 1
+         WHERE id = (SELECT id FROM jobs
+                      WHERE status = 'pending' {experiment_filter}
+                      ORDER BY priority DESC, id LIMIT 1)
+        RETURNING id, experiment, sweep_id, job_num, overrides, attempts
+    """
+
+    def claim(
+        self,
+        worker: str,
+        host: str,
+        experiment: Optional[str] = None,
+        finished: Optional[tuple[int, Outcome]] = None,
+    ) -> Optional[Job]:
+        """Claim the next pending job: highest priority first, FIFO within a priority.
+
+        ``finished`` records the worker's previous job in the same transaction,
+        which saves one commit per job.
+        """
+        sql = self._CLAIM.format(
+            experiment_filter="AND experiment = :experiment" if experiment else ""
+        )
+        params = {"worker": worker, "host": host, "now": time.time(), "experiment": experiment}
+
+        def claim(conn: sqlite3.Connection) -> Optional[Job]:
+            if finished is not None:
+                self._finish(conn, finished[0], worker, finished[1])
+            row = conn.execute(sql, params).fetchone()
+            if row is None:
+                return None
+            return Job(row[0], row[1], row[2], row[3], json.loads(row[4]), row[5])
+
+        return self._write(claim)
+
+    def has_pending(self, experiment: Optional[str] = None) -> bool:
+        """A plain read, so idle workers poll without taking the write lock."""
+        if experiment:
+            sql, params = (
+                "SELECT 1 FROM jobs WHERE status = 'pending' AND experiment = ? LIMIT 1",
+                (experiment,),
+            )
+        else:
+            sql, params = "SELECT 1 FROM jobs WHERE status = 'pending' LIMIT 1", ()
+        return bool(self._read(sql, params))
+
+    def set_output_dir(self, job_id: int, worker: str, output_dir: str) -> bool:
+        return self._write(
+            lambda conn: conn.execute(
+                "UPDATE jobs SET output_dir = ? WHERE id = ? AND status = 'running' AND worker = ?",
+                (output_dir, job_id, worker),
+            ).rowcount
+            == 1
+        )
+
+    def _finish(self, conn: sqlite3.Connection, job_id: int, worker: str, outcome: Outcome) -> bool:
+        if outcome.status not in ("completed", "failed"):
+            raise ValueError(f"a run ends completed or failed, not {outcome.status!r}")
+        changed = conn.execute(
+            "UPDATE jobs SET status = ?, ended = ?, return_value = ?, error = ?, "
+            "output_dir = coalesce(?, output_dir) "
+            "WHERE id = ? AND status = 'running' AND worker = ?",
+            (
+                outcome.status,
+                time.time(),
+                outcome.return_json,
+                outcome.error,
+                outcome.output_dir,
+                job_id,
+                worker,
+            ),
+        ).rowcount
+        if changed == 1 and outcome.result_blob is not None:
+            conn.execute(
+                "INSERT OR REPLACE INTO results (job_id, payload, signature) VALUES (?, ?, ?)",
+                (job_id, outcome.result_blob, outcome.result_signature),
+            )
+        return changed == 1
+
+    def finish(self, job_id: int, worker: str, outcome: Outcome) -> bool:
+        """Record how a run ended; False when this worker no longer owns the job."""
+        return self._write(lambda conn: self._finish(conn, job_id, worker, outcome))
+
+    def requeue(self, job_id: int, worker: str, count_attempt: bool = False) -> bool:
+        """Put a running job back to pending (a preempted job does not count an attempt)."""
+        return self._write(
+            lambda conn: conn.execute(
+                "UPDATE jobs SET status = 'pending', worker = NULL, host = NULL, "
+                "started = NULL, attempts = attempts - ? "
+                "WHERE id = ? AND status = 'running' AND worker = ?",
+                (0 if count_attempt else 1, job_id, worker),
+            ).rowcount
+            == 1
+        )
+
+    # -- watching --------------------------------------------------------------
+    def progress(self, job_ids: Iterable[int]) -> dict[str, int]:
+        rows = self._read(
+            "SELECT status, count(*) AS n FROM jobs "
+            "WHERE id IN (SELECT value FROM json_each(?)) GROUP BY status",
+            (json.dumps(list(job_ids)),),
+        )
+        return {r["status"]: r["n"] for r in rows}
+
+    def results(self, job_ids: Sequence[int]) -> dict[int, dict]:
+        """The rows of ``job_ids`` with their stored result objects, keyed by id."""
+        rows = self._read(
+            "SELECT j.id, j.status, j.overrides, j.output_dir, j.return_value, j.error, "
+            "r.payload AS result_blob, r.signature AS result_signature "
+            "FROM jobs j LEFT JOIN results r ON r.job_id = j.id "
+            "WHERE j.id IN (SELECT value FROM json_each(?))",
+            (json.dumps(list(job_ids)),),
+        )
+        return {r["id"]: r for r in rows}
+
+    def status_counts(self, experiment: Optional[str] = None) -> list[dict]:
+        where, params = ("WHERE experiment = ?", (experiment,)) if experiment else ("", ())
+        return self._read(
+            f"SELECT experiment, status, count(*) AS n FROM jobs {where} "
+            "GROUP BY experiment, status ORDER BY experiment, status",
+            params,
+        )
+
+    def list_jobs(
+        self,
+        statuses: Optional[Sequence[str]] = None,
+        experiment: Optional[str] = None,
+        limit: Optional[int] = None,
+    ) -> list[dict]:
+        clauses, params = [], []
+        if statuses:
+            for s in statuses:
+                validate_status(s)
+            clauses.append(f"status IN ({','.join('?' * len(statuses))})")
+            params += list(statuses)
+        if experiment:
+            clauses.append("experiment = ?")
+            params.append(experiment)
+        where = ("WHERE " + " AND ".join(clauses)) if clauses else ""
+        tail = f" LIMIT {int(limit)}" if limit else ""
+        rows = self._read(
+            "SELECT id, experiment, sweep_id, job_num, status, priority, tags, overrides, "
+            "attempts, worker, host, created, started, ended, output_dir, return_value, error "
+            f"FROM jobs {where} ORDER BY id{tail}",
+            params,
+        )
+        for r in rows:
+            r["tags"] = json.loads(r["tags"] or "[]")
+            r["overrides"] = json.loads(r["overrides"] or "[]")
+            r["return_value"] = json.loads(r["return_value"]) if r["return_value"] else None
+        return rows
+
+    def experiments(self) -> list[str]:
+        return [r["experiment"] for r in self._read("SELECT DISTINCT experiment FROM jobs")]
+
+    def query_plan(self, sql: str, params: Sequence[Any] | dict = ()) -> list[str]:
+        """EXPLAIN QUERY PLAN details, so tests can pin which index a statement uses."""
+        return [r[3] for r in self.conn.execute("EXPLAIN QUERY PLAN " + sql, params).fetchall()]
+
+    def claim_sql(self, experiment: bool) -> str:
+        return self._CLAIM.format(
+            experiment_filter="AND experiment = :experiment" if experiment else ""
+        )

@@ -1,0 +1,329 @@
+"""The submitting side of a sweep: what ``hydra/launcher=dr_exp`` does in the user's shell.
+
+It stores the sweep's context once (a signed pickle), enqueues each launch
+batch in one transaction without composing any config (the workers compose,
+as hydra-submitit-launcher's remote side does), starts local workers, and
+either waits for real ``JobReturn``s or returns right after enqueueing.
+"""
+
+from __future__ import annotations
+
+import atexit
+import logging
+import os
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping, Optional, Sequence
+
+from dr_exp import payload
+from dr_exp.db import FINAL_STATUSES, JobDB, resolve_db_path, validate_priority
+from dr_exp.local import LocalWorkers, default_worker_count, log_tail
+from dr_exp.runner import JobError, SweepContext
+
+log = logging.getLogger("dr_exp")
+
+BASIC_SWEEPER = "hydra._internal.core_plugins.basic_sweeper.BasicSweeper"
+
+
+class SettingsError(ValueError):
+    """An invalid ``hydra.launcher.*`` value, reported before anything is written."""
+
+
+@dataclass
+class LauncherSettings:
+    experiment: str
+    priority: int = 500
+    tags: list[str] = field(default_factory=list)
+    db: Optional[str] = None
+    workers: Optional[int] = None
+    wait: bool = True
+    idle_timeout: float = 10.0
+    group_shared: bool = False
+
+    @classmethod
+    def from_hydra(cls, raw: Mapping[str, Any]) -> LauncherSettings:
+        def bad(key: str, why: str) -> SettingsError:
+            return SettingsError(f"hydra.launcher.{key}: {why}")
+
+        known = set(cls.__dataclass_fields__)
+        unknown = sorted(set(raw) - known)
+        if unknown:
+            raise bad(unknown[0], f"unknown setting; known: {', '.join(sorted(known))}")
+        experiment = raw.get("experiment")
+        if not isinstance(experiment, str) or not experiment.strip():
+            raise bad("experiment", f"must be a non-empty name, got {experiment!r}")
+        try:
+            priority = validate_priority(raw.get("priority", 500))
+        except ValueError as e:
+            raise bad("priority", str(e).replace("priority ", "")) from None
+        tags = raw.get("tags") or []
+        if isinstance(tags, str):
+            tags = [tags]
+        if not all(isinstance(t, (str, int)) and str(t).strip() for t in tags):
+            raise bad("tags", f"must be a list of non-empty names, got {tags!r}")
+        workers = raw.get("workers")
+        if workers is not None and (isinstance(workers, bool) or not isinstance(workers, int)):
+            raise bad("workers", f"must be a whole number or null (auto), got {workers!r}")
+        if workers is not None and workers < 0:
+            raise bad("workers", f"must be 0 or more, got {workers}")
+        wait = raw.get("wait", True)
+        if not isinstance(wait, bool):
+            raise bad("wait", f"must be true or false, got {wait!r}")
+        idle_timeout = raw.get("idle_timeout", 10.0)
+        if isinstance(idle_timeout, bool) or not isinstance(idle_timeout, (int, float)):
+            raise bad("idle_timeout", f"must be a number of seconds, got {idle_timeout!r}")
+        if idle_timeout < 0:
+            raise bad("idle_timeout", f"must be 0 (never) or more seconds, got {idle_timeout}")
+        db = raw.get("db")
+        if db is not None and not str(db).strip():
+            raise bad("db", "must be a path or null")
+        return cls(
+            experiment=experiment.strip(),
+            priority=priority,
+            tags=[str(t) for t in tags],
+            db=str(db) if db is not None else None,
+            workers=workers,
+            wait=wait,
+            idle_timeout=float(idle_timeout),
+            group_shared=bool(raw.get("group_shared", False)),
+        )
+
+
+class SweepSubmitter:
+    def __init__(
+        self,
+        settings: LauncherSettings,
+        hydra_context: Any,
+        task_function: Any,
+        config: Any,
+    ) -> None:
+        self.settings = settings
+        self.hydra_context = hydra_context
+        self.task_function = task_function
+        self.config = config
+        self.db_path = resolve_db_path(settings.db)
+        self.sweep_id: Optional[int] = None
+        self.workers: Optional[LocalWorkers] = None
+        sweeper = str(config.hydra.sweeper.get("_target_", BASIC_SWEEPER))
+        if not settings.wait and sweeper != BASIC_SWEEPER:
+            raise SettingsError(
+                f"hydra.launcher.wait=false returns before jobs run, but {sweeper.rsplit('.', 1)[-1]} "
+                "reads job results; use hydra.launcher.wait=true with it"
+            )
+
+    # -- launching ---------------------------------------------------------------
+    def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> list:
+        from hydra.core.utils import configure_log, filter_overrides, setup_globals
+
+        setup_globals()
+        configure_log(self.config.hydra.hydra_logging, self.config.hydra.verbose)
+        Path(str(self.config.hydra.sweep.dir)).mkdir(parents=True, exist_ok=True)
+        db = JobDB.open(self.db_path, group_shared=self.settings.group_shared)
+        try:
+            if self.sweep_id is None:
+                self.sweep_id = self._store_sweep(db)
+            numbered = [(initial_job_idx + i, list(o)) for i, o in enumerate(job_overrides)]
+            ids = db.enqueue(
+                self.sweep_id,
+                self.settings.experiment,
+                numbered,
+                priority=self.settings.priority,
+                tags=self.settings.tags,
+            )
+            log.info(
+                f"dr_exp: queued {len(ids)} jobs (ids {ids[0]}-{ids[-1]}) for experiment "
+                f"'{self.settings.experiment}' in {db.path}"
+            )
+            for num, overrides in numbered:
+                log.info(f"\t#{num} : {' '.join(filter_overrides(overrides))}")
+            self._start_workers(len(ids))
+            if not self.settings.wait:
+                self._print_monitor_hints(len(ids))
+                return [self._queued_return(o) for _, o in numbered]
+            self._wait(db, ids)
+            return self._collect(db, ids, numbered)
+        finally:
+            db.close()
+
+    def _store_sweep(self, db: JobDB) -> int:
+        from hydra.core.singleton import Singleton
+        from omegaconf import OmegaConf
+
+        ctx = SweepContext(
+            hydra_context=self.hydra_context,
+            task_function=self.task_function,
+            config=self.config,
+            singleton_state=Singleton.get_state(),
+        )
+        data, signature = payload.dumps(ctx)
+        return db.add_sweep(
+            experiment=self.settings.experiment,
+            app=str(self.config.hydra.job.name),
+            cwd=os.getcwd(),
+            sys_path=[p for p in sys.path if p],
+            sweep_dir=str(self.config.hydra.sweep.dir),
+            config_yaml=OmegaConf.to_yaml(self.config),
+            payload=data,
+            signature=signature,
+            want_returns=self.settings.wait,
+        )
+
+    def _start_workers(self, n_jobs: int) -> None:
+        count = self.settings.workers
+        if count == 0:
+            return
+        if count is None:
+            count = min(default_worker_count(), n_jobs)
+        if self.workers is None:
+            self.workers = LocalWorkers(
+                db_path=self.db_path,
+                experiment=self.settings.experiment,
+                count=count,
+                idle_timeout=self.settings.idle_timeout,
+                log_dir=self.db_path.parent / "logs",
+            )
+            if self.settings.wait:
+                atexit.register(self.workers.stop)
+        self.workers.count = max(self.workers.count, count)
+        self.workers.ensure_started()
+
+    # -- waiting -----------------------------------------------------------------
+    def _wait(self, db: JobDB, ids: list[int]) -> None:
+        bar = Progress(len(ids))
+        try:
+            while True:
+                counts = db.progress(ids)
+                bar.show(counts)
+                if sum(counts.get(s, 0) for s in FINAL_STATUSES) == len(ids):
+                    break
+                self._check_workers(counts)
+                time.sleep(0.1)
+        except KeyboardInterrupt:
+            bar.close()
+            self._interrupted(db, ids)
+        bar.close()
+
+    def _check_workers(self, counts: dict[str, int]) -> None:
+        """Replace workers that went idle; fail loudly if ours keep dying."""
+        if self.workers is None or counts.get("pending", 0) == 0 or self.workers.alive():
+            return
+        crashed = self.workers.failed_exits()
+        if crashed:
+            code, log_path = crashed[-1]
+            raise RuntimeError(
+                f"dr_exp: all local workers exited (last with code {code}); "
+                f"see {log_path}:\n{log_tail(log_path)}"
+            )
+        self.workers.ensure_started()
+
+    def _interrupted(self, db: JobDB, ids: list[int]) -> None:
+        print("\ndr_exp: interrupted; stopping local workers...", file=sys.stderr)
+        if self.workers is not None:
+            self.workers.stop()
+        counts = db.progress(ids)
+        left = counts.get("pending", 0) + counts.get("running", 0)
+        print(
+            f"dr_exp: {left} of {len(ids)} jobs are safe in the queue ({db.path}).\n"
+            f"Resume them with: dr_exp worker --db {db.path} --experiment "
+            f"{self.settings.experiment}",
+            file=sys.stderr,
+        )
+        raise SystemExit(130)
+
+    def _print_monitor_hints(self, n: int) -> None:
+        started = self.workers.alive() if self.workers else 0
+        who = f"{started} local workers started" if started else "no workers started here"
+        print(
+            f"dr_exp: {n} jobs queued for '{self.settings.experiment}' in {self.db_path} ({who}).\n"
+            f"  watch:       dr_exp status --db {self.db_path}\n"
+            f"  run workers: dr_exp worker --db {self.db_path} --experiment "
+            f"{self.settings.experiment}",
+            file=sys.stderr,
+        )
+
+    # -- returns -----------------------------------------------------------------
+    @staticmethod
+    def _queued_return(overrides: list[str]) -> Any:
+        """What a non-waiting launch returns: a queued job, not a result."""
+        from hydra.core.utils import JobReturn, JobStatus
+
+        ret = JobReturn(overrides=overrides)
+        ret.status = JobStatus.COMPLETED  # the sweeper reads return_value; UNKNOWN would assert
+        ret.return_value = None
+        return ret
+
+    def _collect(self, db: JobDB, ids: list[int], numbered: list) -> list:
+        from hydra.core.utils import JobReturn, JobStatus
+
+        rows = db.results(ids)
+        returns = []
+        for job_id, (_, overrides) in zip(ids, numbered):
+            row = rows[job_id]
+            if row["result_blob"] is not None:
+                try:
+                    returns.append(
+                        payload.loads(
+                            row["result_blob"], row["result_signature"], what=f"job {job_id} result"
+                        )
+                    )
+                    continue
+                except payload.SignatureMismatch as e:
+                    row = dict(row, status="failed", error=str(e))
+            ret = JobReturn(overrides=overrides, working_dir=row["output_dir"])
+            if row["status"] == "completed":
+                import json
+
+                ret.status = JobStatus.COMPLETED
+                ret.return_value = json.loads(row["return_value"] or "null")
+            else:
+                ret.status = JobStatus.FAILED
+                ret.return_value = JobError(
+                    f"job {job_id} {row['status']}: {row['error'] or 'no error recorded'}"
+                )
+            returns.append(ret)
+        return returns
+
+
+class Progress:
+    """One status line on a terminal; a line per change (at most every 5 s) elsewhere."""
+
+    def __init__(self, total: int, stream: Any = None) -> None:
+        self.total = total
+        self.stream = stream or sys.stderr
+        self.tty = self.stream.isatty()
+        self.last_text = ""
+        self.last_time = 0.0
+        self.started = time.monotonic()
+
+    def show(self, counts: dict[str, int]) -> None:
+        done = sum(counts.get(s, 0) for s in FINAL_STATUSES)
+        width = 24
+        filled = int(width * done / max(self.total, 1))
+        text = (
+            f"[{'#' * filled}{'.' * (width - filled)}] {done}/{self.total} done · "
+            f"{counts.get('running', 0)} running · {counts.get('pending', 0)} pending · "
+            f"{counts.get('failed', 0)} failed · {time.monotonic() - self.started:.0f}s"
+        )
+        if self.tty:
+            if text != self.last_text:
+                self.stream.write("\r" + text)
+                self.stream.flush()
+        else:
+            key = text.rsplit(" · ", 1)[0]
+            now = time.monotonic()
+            if key != self.last_text.rsplit(" · ", 1)[0] and (
+                now - self.last_time > 5 or done == self.total
+            ):
+                self.stream.write(f"dr_exp: {text}\n")
+                self.stream.flush()
+                self.last_time = now
+            else:
+                return
+        self.last_text = text
+
+    def close(self) -> None:
+        if self.tty and self.last_text:
+            self.stream.write("\n")
+            self.stream.flush()

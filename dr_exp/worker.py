@@ -1,0 +1,251 @@
+"""The worker loop: claim a job, run it in a child process, record how it ended.
+
+    claim ──> fork child ──> child composes config, calls Hydra's run_job
+      ^                          │ frames over a pipe: output_dir, then result
+      └── record outcome <───────┘ (recorded in the same transaction as the next claim)
+
+On SIGTERM, SIGINT, SIGUSR1 or SIGUSR2 (scancel, preemption, Ctrl-C, SLURM's
+time-limit warning) the worker forwards the signal to its job, waits a grace
+period, puts the job back to pending without counting an attempt, and exits 0.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import random
+import secrets
+import select
+import signal
+import socket
+import sys
+import time
+from collections import OrderedDict
+from typing import Optional, Union
+
+from dr_exp import payload
+from dr_exp.db import Job, JobDB, Outcome
+from dr_exp.runner import (
+    FORWARDED_SIGNALS,
+    FrameReader,
+    SweepContext,
+    child_main,
+    describe_exit,
+    write_error_file,
+)
+
+log = logging.getLogger("dr_exp.worker")
+
+
+def make_worker_id() -> str:
+    return f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(2)}"
+
+
+class Worker:
+    def __init__(
+        self,
+        db: JobDB,
+        experiment: Optional[str] = None,
+        idle_timeout: float = 60.0,
+        grace_period: float = 10.0,
+        poll_min: float = 0.05,
+        poll_max: float = 1.0,
+        max_jobs: Optional[int] = None,
+    ) -> None:
+        self.db = db
+        self.experiment = experiment
+        self.idle_timeout = idle_timeout  # 0: never exit for lack of work
+        self.grace_period = grace_period
+        self.poll_min, self.poll_max = poll_min, poll_max
+        self.max_jobs = max_jobs
+        self.worker_id = make_worker_id()
+        self.host = socket.gethostname()
+        self.stop_signal: Optional[int] = None
+        self._contexts: OrderedDict[int, Union[SweepContext, str]] = OrderedDict()
+        self._active_sweep: Optional[int] = None
+        self._wakeup_r, self._wakeup_w = os.pipe()
+        self.jobs_done = 0
+
+    # -- signals ----------------------------------------------------------------
+    def _on_signal(self, signum: int, _frame: object) -> None:
+        if self.stop_signal is None:
+            self.stop_signal = signum
+
+    def _install_signal_handlers(self) -> None:
+        os.set_blocking(self._wakeup_w, False)
+        os.set_blocking(self._wakeup_r, False)
+        signal.set_wakeup_fd(self._wakeup_w)  # wakes select() the moment a signal lands
+        for sig in FORWARDED_SIGNALS:
+            signal.signal(sig, self._on_signal)
+
+    def _drain_wakeups(self) -> None:
+        try:
+            while os.read(self._wakeup_r, 512):
+                pass
+        except BlockingIOError:
+            pass
+
+    # -- the loop ---------------------------------------------------------------
+    def run(self) -> int:
+        self._install_signal_handlers()
+        log.info(
+            "worker %s started (db %s, experiment %s)",
+            self.worker_id,
+            self.db.path,
+            self.experiment or "any",
+        )
+        finished: Optional[tuple[int, Outcome]] = None
+        idle_since = time.monotonic()
+        poll = self.poll_min
+        while self.stop_signal is None:
+            if self.max_jobs is not None and self.jobs_done >= self.max_jobs:
+                break
+            job = None
+            if finished is not None or self.db.has_pending(self.experiment):
+                job = self.db.claim(self.worker_id, self.host, self.experiment, finished)
+                finished = None
+            if job is None:
+                if self.idle_timeout and time.monotonic() - idle_since > self.idle_timeout:
+                    log.info("queue empty for %.0f s; exiting", self.idle_timeout)
+                    break
+                self._sleep(poll * (0.5 + random.random()))
+                poll = min(poll * 1.5, self.poll_max)
+                continue
+            poll = self.poll_min
+            outcome = self.run_job(job)
+            self.jobs_done += 1
+            idle_since = time.monotonic()
+            if outcome is not None:
+                finished = (job.id, outcome)
+        if finished is not None and not self.db.finish(finished[0], self.worker_id, finished[1]):
+            log.warning("job %s: no longer ours, result dropped", finished[0])
+        if self.stop_signal is not None:
+            log.info("stopped by %s", signal.Signals(self.stop_signal).name)
+        return 0
+
+    def _sleep(self, seconds: float) -> None:
+        select.select([self._wakeup_r], [], [], seconds)
+        self._drain_wakeups()
+
+    # -- one job ----------------------------------------------------------------
+    def _context(self, sweep_id: int) -> Union[SweepContext, str]:
+        """The sweep's unpickled context, or the error that stops its jobs from running."""
+        if sweep_id in self._contexts:
+            self._contexts.move_to_end(sweep_id)
+            return self._contexts[sweep_id]
+        sweep = self.db.get_sweep(sweep_id)
+        ctx: Union[SweepContext, str]
+        if sweep is None:
+            ctx = f"sweep {sweep_id} is missing from the database"
+        else:
+            for entry in reversed(sweep.sys_path):
+                if entry not in sys.path:
+                    sys.path.insert(0, entry)
+            try:
+                ctx = payload.loads(sweep.payload, sweep.signature, what=f"sweep {sweep_id} payload")
+                ctx.cwd = sweep.cwd  # type: ignore[attr-defined]
+                ctx.want_returns = sweep.want_returns  # type: ignore[attr-defined]
+            except payload.SignatureMismatch as e:
+                ctx = str(e)
+            except Exception as e:
+                ctx = f"cannot load sweep {sweep_id}'s task: {type(e).__name__}: {e}"
+        self._contexts[sweep_id] = ctx
+        if len(self._contexts) > 8:
+            self._contexts.popitem(last=False)
+        return ctx
+
+    def run_job(self, job: Job) -> Optional[Outcome]:
+        """Run ``job`` to an outcome; None when it was put back to pending."""
+        ctx = self._context(job.sweep_id)
+        if isinstance(ctx, str):
+            log.error("job %s failed: %s", job.id, ctx)
+            return Outcome(status="failed", error=ctx)
+        if self._active_sweep != job.sweep_id:
+            from hydra.core.singleton import Singleton
+            from hydra.core.utils import setup_globals
+
+            setup_globals()
+            Singleton.set_state(ctx.singleton_state)  # done once here, inherited by each fork
+            self._active_sweep = job.sweep_id
+        log.info("job %s: %s #%s %s", job.id, job.experiment, job.job_num, " ".join(job.overrides))
+        started = time.monotonic()
+        outcome = self._run_forked(ctx, job)
+        if outcome is not None:
+            log.info("job %s %s in %.1f s", job.id, outcome.status, time.monotonic() - started)
+        return outcome
+
+    def _run_forked(self, ctx: SweepContext, job: Job) -> Optional[Outcome]:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        read_fd, write_fd = os.pipe()
+        pid = os.fork()
+        if pid == 0:  # the job process
+            os.close(read_fd)
+            child_main(ctx, ctx.cwd, job, ctx.want_returns, write_fd)  # type: ignore[attr-defined]
+        os.close(write_fd)
+        try:
+            os.setpgid(pid, pid)  # also here, so a signal sent right away reaches the group
+        except OSError:
+            pass
+        reader = FrameReader()
+        result: Optional[dict] = None
+        output_dir: Optional[str] = None
+        stop_sent_at: Optional[float] = None
+        try:
+            while True:
+                if self.stop_signal is not None and stop_sent_at is None:
+                    log.info(
+                        "job %s: forwarding %s, grace %.0f s",
+                        job.id,
+                        signal.Signals(self.stop_signal).name,
+                        self.grace_period,
+                    )
+                    self._signal_job(pid, self.stop_signal)
+                    stop_sent_at = time.monotonic()
+                if stop_sent_at is not None and time.monotonic() - stop_sent_at > self.grace_period:
+                    self._signal_job(pid, signal.SIGKILL)
+                ready, _, _ = select.select([read_fd, self._wakeup_r], [], [], 1.0)
+                self._drain_wakeups()
+                if read_fd not in ready:
+                    continue
+                chunk = os.read(read_fd, 1 << 16)
+                if not chunk:
+                    break
+                for message in reader.feed(chunk):
+                    if "status" in message:
+                        result = message
+                    elif message.get("output_dir"):
+                        output_dir = message["output_dir"]
+                        self.db.set_output_dir(job.id, self.worker_id, output_dir)
+        finally:
+            os.close(read_fd)
+            _, status = os.waitpid(pid, 0)
+
+        if result is None and stop_sent_at is not None:
+            if self.db.requeue(job.id, self.worker_id, count_attempt=False):
+                log.info("job %s: put back to pending (attempts unchanged)", job.id)
+            return None
+        if result is None:
+            error = describe_exit(status)
+            write_error_file(output_dir, error + "\n")
+            log.error("job %s failed: %s", job.id, error)
+            return Outcome(status="failed", error=error, output_dir=output_dir)
+        blob = result.get("result_blob")
+        return Outcome(
+            status=result["status"],
+            return_json=result.get("return_json"),
+            error=result.get("error"),
+            output_dir=result.get("output_dir") or output_dir,
+            result_blob=blob,
+            result_signature=payload.sign(blob) if blob is not None else None,
+        )
+
+    @staticmethod
+    def _signal_job(pid: int, signum: int) -> None:
+        try:
+            os.killpg(pid, signum)
+        except ProcessLookupError:
+            try:
+                os.kill(pid, signum)
+            except ProcessLookupError:
+                pass

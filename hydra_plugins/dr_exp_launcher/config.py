@@ -1,0 +1,37 @@
+"""``hydra/launcher=dr_exp``: the settings, registered in Hydra's ConfigStore.
+
+Hydra imports this module on every start of every Hydra app, so it imports
+nothing beyond dataclasses and the ConfigStore.
+"""
+
+from dataclasses import dataclass, field
+from typing import List, Optional
+
+from hydra.core.config_store import ConfigStore
+
+
+@dataclass
+class DrExpLauncherConf:
+    _target_: str = "hydra_plugins.dr_exp_launcher.dr_exp_launcher.DrExpLauncher"
+    # Groups jobs in the database; `dr_exp status/list --experiment` filter on it.
+    experiment: str = "${hydra.job.name}"
+    # 0-1000, higher runs first; FIFO within a priority.
+    priority: int = 500
+    tags: List[str] = field(default_factory=list)
+    # The job database; null: $DR_EXP_DB, else .dr_exp/jobs.db under the current directory.
+    db: Optional[str] = None
+    # Local worker processes to start; null: one per GPU, else one per CPU core
+    # (never more than the batch has jobs); 0: none, the queue is drained elsewhere.
+    workers: Optional[int] = None
+    # true: block with a progress bar and return real results (optimizing sweepers
+    # need this); false: return right after enqueueing.
+    wait: bool = True
+    # Seconds a local worker waits on an empty queue before it exits; 0: never.
+    idle_timeout: float = 10.0
+    # Create a new database file group-readable and -writable (0660, not 0600).
+    group_shared: bool = False
+
+
+ConfigStore.instance().store(
+    group="hydra/launcher", name="dr_exp", node=DrExpLauncherConf, provider="dr_exp"
+)
