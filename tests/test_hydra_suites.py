@@ -1,0 +1,75 @@
+"""Hydra's own reusable launcher tests, run against hydra/launcher=dr_exp.
+
+The same suites hydra-joblib-launcher and hydra-submitit-launcher run.  Jobs
+really go through the SQLite queue and separate worker processes.
+"""
+
+import pytest
+from hydra.core.plugins import Plugins
+from hydra.plugins.launcher import Launcher
+from hydra.test_utils.launcher_common_tests import (
+    BatchedSweeperTestSuite,
+    IntegrationTestSuite,
+    LauncherTestSuite,
+)
+
+from hydra_plugins.dr_exp_launcher.dr_exp_launcher import DrExpLauncher
+
+FAST = ["hydra.launcher.idle_timeout=2"]
+
+# These fail in the sweeper before any job is queued.
+NOTHING_QUEUED = {"test_not_sweeping_hydra_overrides", "test_sweep_1_job_strict_and_bad_key"}
+
+
+@pytest.fixture(autouse=True)
+def jobs_went_through_dr_exp(request: pytest.FixtureRequest, db_path):
+    """Prove each suite test really ran its jobs through the queue, not another launcher."""
+    yield
+    if request.node.originalname in NOTHING_QUEUED:
+        return
+    from dr_exp.db import JobDB
+
+    assert db_path.exists(), "no job database: the sweep did not go through dr_exp"
+    db = JobDB.open(db_path, create=False)
+    try:
+        jobs = db.list_jobs()
+    finally:
+        db.close()
+    assert jobs and all(j["status"] == "completed" for j in jobs), jobs
+
+
+def test_discovery() -> None:
+    assert DrExpLauncher.__name__ in [x.__name__ for x in Plugins.instance().discover(Launcher)]
+
+
+@pytest.mark.parametrize("launcher_name, overrides", [("dr_exp", FAST)])
+class TestDrExpLauncher(LauncherTestSuite):
+    pass
+
+
+@pytest.mark.parametrize(
+    "launcher_name, overrides",
+    [("dr_exp", FAST + ["hydra.sweeper.max_batch_size=2", "hydra.job.chdir=True"])],
+)
+class TestDrExpLauncherBatched(BatchedSweeperTestSuite):
+    pass
+
+
+@pytest.mark.parametrize(
+    "task_launcher_cfg, extra_flags",
+    [
+        (
+            {
+                "defaults": [
+                    {"override hydra/launcher": "dr_exp"},
+                    {"override hydra/hydra_logging": "hydra_debug"},
+                    {"override hydra/job_logging": "disabled"},
+                ],
+                "hydra": {"launcher": {"idle_timeout": 2}},
+            },
+            ["-m"],
+        )
+    ],
+)
+class TestDrExpLauncherIntegration(IntegrationTestSuite):
+    pass
