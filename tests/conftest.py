@@ -17,10 +17,12 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 @pytest.fixture(autouse=True)
-def isolated_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    db = tmp_path / "queue" / "jobs.db"
+def isolated_env(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> Path:
+    # Outside tmp_path: Hydra's sweep runner deletes its temp dir when a test ends.
+    home = tmp_path_factory.mktemp("dr_exp")
+    db = home / "queue" / "jobs.db"
     monkeypatch.setenv("DR_EXP_DB", str(db))
-    monkeypatch.setenv("DR_EXP_SECRET_KEY_FILE", str(tmp_path / "secret.key"))
+    monkeypatch.setenv("DR_EXP_SECRET_KEY_FILE", str(home / "secret.key"))
     monkeypatch.setenv("HYDRA_FULL_ERROR", "0")
     return db
 
