@@ -191,9 +191,7 @@ def _migrate_to_1(db: sqlite_utils.Database) -> None:
     )
     # Claims read pending rows only, in priority order: partial indexes keep that
     # O(log n) at a million rows, and stay small as jobs finish.
-    db.execute(
-        "CREATE INDEX jobs_pending ON jobs(priority DESC, id) WHERE status = 'pending'"
-    )
+    db.execute("CREATE INDEX jobs_pending ON jobs(priority DESC, id) WHERE status = 'pending'")
     db.execute(
         "CREATE INDEX jobs_pending_by_experiment ON jobs(experiment, priority DESC, id) "
         "WHERE status = 'pending'"
@@ -243,7 +241,9 @@ class JobDB:
                 )
             group_shared = group_shared or os.environ.get("DR_EXP_DB_GROUP_SHARED") == "1"
             try:
-                path.parent.mkdir(parents=True, exist_ok=True, mode=0o770 if group_shared else 0o700)
+                path.parent.mkdir(
+                    parents=True, exist_ok=True, mode=0o770 if group_shared else 0o700
+                )
                 fd = os.open(path, os.O_CREAT | os.O_RDWR, 0o660 if group_shared else 0o600)
             except OSError as e:
                 raise DatabaseError(f"cannot create job database {path}: {e.strerror}") from None
@@ -475,11 +475,13 @@ class JobDB:
 
     def set_output_dir(self, job_id: int, worker: str, output_dir: str) -> bool:
         return self._write(
-            lambda conn: conn.execute(
-                "UPDATE jobs SET output_dir = ? WHERE id = ? AND status = 'running' AND worker = ?",
-                (output_dir, job_id, worker),
-            ).rowcount
-            == 1
+            lambda conn: (
+                conn.execute(
+                    "UPDATE jobs SET output_dir = ? WHERE id = ? AND status = 'running' AND worker = ?",
+                    (output_dir, job_id, worker),
+                ).rowcount
+                == 1
+            )
         )
 
     def _finish(self, conn: sqlite3.Connection, job_id: int, worker: str, outcome: Outcome) -> bool:
@@ -513,13 +515,15 @@ class JobDB:
     def requeue(self, job_id: int, worker: str, count_attempt: bool = False) -> bool:
         """Put a running job back to pending (a preempted job does not count an attempt)."""
         return self._write(
-            lambda conn: conn.execute(
-                "UPDATE jobs SET status = 'pending', worker = NULL, host = NULL, "
-                "started = NULL, attempts = attempts - ? "
-                "WHERE id = ? AND status = 'running' AND worker = ?",
-                (0 if count_attempt else 1, job_id, worker),
-            ).rowcount
-            == 1
+            lambda conn: (
+                conn.execute(
+                    "UPDATE jobs SET status = 'pending', worker = NULL, host = NULL, "
+                    "started = NULL, attempts = attempts - ? "
+                    "WHERE id = ? AND status = 'running' AND worker = ?",
+                    (0 if count_attempt else 1, job_id, worker),
+                ).rowcount
+                == 1
+            )
         )
 
     # -- watching --------------------------------------------------------------

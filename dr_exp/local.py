@@ -72,7 +72,7 @@ class LocalWorkers:
             [package_root] + [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p]
         )
         stamp = time.strftime("%Y%m%d-%H%M%S")
-        for i in range(missing):
+        for _ in range(missing):
             slot = len(self.processes)
             if gpus:
                 env["CUDA_VISIBLE_DEVICES"] = gpus[slot % len(gpus)]

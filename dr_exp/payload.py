@@ -55,7 +55,9 @@ def secret_key() -> bytes:
             pass  # another process created it first; read theirs
     key = path.read_text().strip().encode()
     if len(key) < 32:
-        raise SignatureMismatch(f"the secret key in {path} is too short; delete it to make a new one")
+        raise SignatureMismatch(
+            f"the secret key in {path} is too short; delete it to make a new one"
+        )
     _cached_key = (path, key)
     return key
 

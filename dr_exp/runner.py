@@ -119,7 +119,9 @@ def child_main(ctx: SweepContext, cwd: str, job: Job, want_returns: bool, fd: in
         for sig in FORWARDED_SIGNALS:
             signal.signal(sig, signal.SIG_DFL)
         signal.set_wakeup_fd(-1)
-        send_frame(fd, run_in_this_process(ctx, cwd, job, want_returns, lambda m: send_frame(fd, m)))
+        send_frame(
+            fd, run_in_this_process(ctx, cwd, job, want_returns, lambda m: send_frame(fd, m))
+        )
     except BaseException:  # noqa: B036 - the job process must always exit here
         traceback.print_exc()
         code = 70
@@ -168,7 +170,9 @@ def run_in_this_process(
             job_subdir_key="hydra.sweep.subdir",
         )
     except BaseException as exc:  # noqa: B036 - SystemExit/KeyboardInterrupt escape run_job
-        write_error_file(output_dir, "".join(traceback.format_exception(type(exc), exc, exc.__traceback__)))
+        write_error_file(
+            output_dir, "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+        )
         return {"status": "failed", "error": error_summary(exc), "output_dir": output_dir}
 
     result: dict = {"output_dir": output_dir}
@@ -176,7 +180,9 @@ def run_in_this_process(
         result.update(status="completed", return_json=to_json(ret._return_value))
     else:
         exc = ret._return_value
-        write_error_file(output_dir, "".join(traceback.format_exception(type(exc), exc, exc.__traceback__)))
+        write_error_file(
+            output_dir, "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+        )
         result.update(status="failed", error=error_summary(exc))
     if want_returns:
         result["result_blob"] = _pickle_job_return(ret)

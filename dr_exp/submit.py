@@ -17,17 +17,19 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Optional, Sequence
 
+from hydra.errors import CompactHydraException
+
 from dr_exp import payload
 from dr_exp.db import FINAL_STATUSES, JobDB, resolve_db_path, validate_priority
 from dr_exp.local import LocalWorkers, default_worker_count, log_tail
-from dr_exp.runner import JobError, SweepContext
+from dr_exp.runner import SweepContext
 
 log = logging.getLogger("dr_exp")
 
 BASIC_SWEEPER = "hydra._internal.core_plugins.basic_sweeper.BasicSweeper"
 
 
-class SettingsError(ValueError):
+class SettingsError(CompactHydraException, ValueError):
     """An invalid ``hydra.launcher.*`` value, reported before anything is written."""
 
 
@@ -255,35 +257,56 @@ class SweepSubmitter:
         return ret
 
     def _collect(self, db: JobDB, ids: list[int], numbered: list) -> list:
+        """Real JobReturns in launch order; failures carry a readable JobFailed."""
+        import json
+
         from hydra.core.utils import JobReturn, JobStatus
 
         rows = db.results(ids)
         returns = []
+        n_failed = sum(1 for r in rows.values() if r["status"] != "completed")
         for job_id, (_, overrides) in zip(ids, numbered):
             row = rows[job_id]
+            ret = None
             if row["result_blob"] is not None:
                 try:
-                    returns.append(
-                        payload.loads(
-                            row["result_blob"], row["result_signature"], what=f"job {job_id} result"
-                        )
+                    ret = payload.loads(
+                        row["result_blob"], row["result_signature"], what=f"job {job_id} result"
                     )
-                    continue
                 except payload.SignatureMismatch as e:
                     row = dict(row, status="failed", error=str(e))
-            ret = JobReturn(overrides=overrides, working_dir=row["output_dir"])
-            if row["status"] == "completed":
-                import json
-
-                ret.status = JobStatus.COMPLETED
-                ret.return_value = json.loads(row["return_value"] or "null")
-            else:
+            if ret is None:
+                ret = JobReturn(overrides=overrides, working_dir=row["output_dir"])
                 ret.status = JobStatus.FAILED
-                ret.return_value = JobError(
-                    f"job {job_id} {row['status']}: {row['error'] or 'no error recorded'}"
-                )
+                if row["status"] == "completed":
+                    ret.status = JobStatus.COMPLETED
+                    ret.return_value = json.loads(row["return_value"] or "null")
+            if row["status"] != "completed":
+                ret.status = JobStatus.FAILED
+                ret.return_value = JobFailed.from_row(job_id, overrides, row, n_failed, len(ids))
             returns.append(ret)
         return returns
+
+
+class JobFailed(CompactHydraException):  # Hydra prints these as their message alone
+    """A failed job, as the sweeper re-raises it: the error and where its traceback is."""
+
+    @classmethod
+    def from_row(
+        cls, job_id: int, overrides: Sequence[str], row: Mapping, n_failed: int, n_jobs: int
+    ) -> JobFailed:
+        lines = [
+            f"dr_exp: job {job_id} ({' '.join(overrides) or 'no overrides'}) {row['status']}: "
+            f"{row['error'] or 'no error recorded'}"
+        ]
+        if row.get("output_dir") and os.path.exists(os.path.join(row["output_dir"], "error.txt")):
+            lines.append(f"  traceback: {os.path.join(row['output_dir'], 'error.txt')}")
+        if n_failed > 1:
+            lines.append(
+                f"  {n_failed} of {n_jobs} jobs in this batch did not complete; "
+                "see: dr_exp list --status failed"
+            )
+        return cls("\n".join(lines))
 
 
 class Progress:

@@ -142,7 +142,9 @@ class Worker:
                 if entry not in sys.path:
                     sys.path.insert(0, entry)
             try:
-                ctx = payload.loads(sweep.payload, sweep.signature, what=f"sweep {sweep_id} payload")
+                ctx = payload.loads(
+                    sweep.payload, sweep.signature, what=f"sweep {sweep_id} payload"
+                )
                 ctx.cwd = sweep.cwd  # type: ignore[attr-defined]
                 ctx.want_returns = sweep.want_returns  # type: ignore[attr-defined]
             except payload.SignatureMismatch as e:

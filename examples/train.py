@@ -92,7 +92,9 @@ def main(cfg: DictConfig) -> dict[str, float]:
         order = rng.permutation(len(y_train))
         for start in range(0, len(order), cfg.train.batch_size):
             batch = order[start : start + cfg.train.batch_size]
-            _, grads = loss_and_grads(params, x_train[batch], y_train[batch], cfg.optim.weight_decay)
+            _, grads = loss_and_grads(
+                params, x_train[batch], y_train[batch], cfg.optim.weight_decay
+            )
             for p, v, g in zip(params, velocity, grads):
                 v *= cfg.optim.momentum
                 v -= cfg.optim.lr * g

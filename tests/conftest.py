@@ -46,8 +46,14 @@ def run_cli(*args: str, cwd: Path | None = None, check: bool = True, timeout: fl
     return proc
 
 
-def run_app(script: Path, *overrides: str, cwd: Path, check: bool = True, timeout: float = 300,
-            env: dict | None = None):
+def run_app(
+    script: Path,
+    *overrides: str,
+    cwd: Path,
+    check: bool = True,
+    timeout: float = 300,
+    env: dict | None = None,
+):
     """Run a Hydra app as a subprocess through its command line."""
     proc = subprocess.run(
         [sys.executable, str(script), *overrides],

@@ -24,8 +24,10 @@ class DrExpLauncher(Launcher):
 
         from dr_exp.submit import LauncherSettings, SweepSubmitter  # heavy: only when used
 
-        raw = {k: OmegaConf.to_object(v) if OmegaConf.is_config(v) else v
-               for k, v in self.settings.items()}
+        raw = {
+            k: OmegaConf.to_object(v) if OmegaConf.is_config(v) else v
+            for k, v in self.settings.items()
+        }
         self.submitter = SweepSubmitter(
             LauncherSettings.from_hydra(raw), hydra_context, task_function, config
         )

@@ -1,0 +1,60 @@
+"""A Hydra app whose jobs misbehave on request, for the worker's failure tests.
+
+mode=ok      returns x * 2
+mode=fail    raises ValueError
+mode=exit    os._exit(3)
+mode=kill    SIGKILLs its own process
+mode=segv    dereferences NULL
+mode=sysexit sys.exit(4)
+mode=leak    mutates module and process state, returns what it found first
+mode=sleep   sleeps `sleep` seconds or until marker_dir/release exists, returns x;
+             writes marker_dir/<x>.start (its pid) and <x>.end
+"""
+
+import ctypes
+import os
+import signal
+import sys
+import time
+from pathlib import Path
+
+import hydra
+from omegaconf import DictConfig
+
+SEEN: list = []
+
+
+@hydra.main(version_base=None, config_path=".", config_name="app")
+def main(cfg: DictConfig):
+    if cfg.marker_dir:
+        Path(cfg.marker_dir).mkdir(parents=True, exist_ok=True)
+        (Path(cfg.marker_dir) / f"{cfg.x}.start").write_text(str(os.getpid()))
+    if cfg.mode == "fail":
+        raise ValueError(f"x={cfg.x} is not allowed")
+    if cfg.mode == "exit":
+        os._exit(3)
+    if cfg.mode == "kill":
+        os.kill(os.getpid(), signal.SIGKILL)
+    if cfg.mode == "segv":
+        ctypes.string_at(0)
+    if cfg.mode == "sysexit":
+        sys.exit(4)
+    if cfg.mode == "leak":
+        found = {"seen": len(SEEN), "env": os.environ.get("DR_EXP_TEST_LEAK")}
+        SEEN.append(cfg.x)
+        os.environ["DR_EXP_TEST_LEAK"] = str(cfg.x)
+        return found
+    if cfg.mode == "sleep":
+        deadline = time.time() + cfg.sleep
+        while time.time() < deadline:  # marker_dir/release ends every sleep early
+            if cfg.marker_dir and (Path(cfg.marker_dir) / "release").exists():
+                break
+            time.sleep(0.05)
+        if cfg.marker_dir:
+            (Path(cfg.marker_dir) / f"{cfg.x}.end").write_text("")
+        return cfg.x
+    return cfg.x * 2
+
+
+if __name__ == "__main__":
+    main()

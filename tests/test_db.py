@@ -1,0 +1,199 @@
+"""The job database on real SQLite files: claiming, priorities, indexes, schema."""
+
+from __future__ import annotations
+
+import json
+import multiprocessing
+import os
+import sqlite3
+import stat
+from pathlib import Path
+
+import pytest
+
+from dr_exp import db as dbmod
+from dr_exp.db import DatabaseError, JobDB, Outcome
+
+
+def _sweep(db: JobDB, experiment: str = "exp") -> int:
+    return db.add_sweep(
+        experiment=experiment, app="app", cwd="/", sys_path=[], sweep_dir="d",
+        config_yaml="", payload=b"p", signature="s", want_returns=False,
+    )  # fmt: skip
+
+
+def _claimer(path: str, worker: str, out: str) -> None:
+    db = JobDB.open(path, create=False)
+    claimed, finished = [], None
+    while True:
+        job = db.claim(worker, "host", finished=finished)
+        if job is None:
+            break
+        claimed.append(job.id)
+        finished = (job.id, Outcome(status="completed", return_json=json.dumps(worker)))
+    Path(out).write_text(json.dumps(claimed))
+
+
+def test_eight_processes_never_claim_the_same_job(tmp_path: Path) -> None:
+    path = tmp_path / "jobs.db"
+    db = JobDB.open(path)
+    sweep = _sweep(db)
+    ids = db.enqueue(sweep, "exp", [(i, [f"x={i}"]) for i in range(2000)])
+    ctx = multiprocessing.get_context("spawn")
+    procs = [
+        ctx.Process(target=_claimer, args=(str(path), f"w{i}", str(tmp_path / f"w{i}.json")))
+        for i in range(8)
+    ]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(240)
+        assert p.exitcode == 0
+    per_worker = {f"w{i}": json.loads((tmp_path / f"w{i}.json").read_text()) for i in range(8)}
+    claimed = [job for jobs in per_worker.values() for job in jobs]
+    assert len(claimed) == len(set(claimed)) == 2000
+    assert sorted(claimed) == ids
+    rows = db.list_jobs()
+    assert {r["status"] for r in rows} == {"completed"}
+    assert all(r["attempts"] == 1 for r in rows)
+    # Each job's recorded result names the worker that claimed it: completed once, by its owner.
+    owner = {job: w for w, jobs in per_worker.items() for job in jobs}
+    assert all(r["return_value"] == owner[r["id"]] == r["worker"] for r in rows)
+    assert sum(1 for jobs in per_worker.values() if jobs) > 1  # the claims really interleaved
+
+
+def test_priority_order_then_fifo(tmp_path: Path) -> None:
+    db = JobDB.open(tmp_path / "jobs.db")
+    sweep = _sweep(db)
+    low = db.enqueue(sweep, "exp", [(0, ["a=low1"]), (1, ["a=low2"])], priority=5)
+    high = db.enqueue(sweep, "exp", [(2, ["a=high1"]), (3, ["a=high2"])], priority=900)
+    mid = db.enqueue(sweep, "exp", [(4, ["a=mid"])], priority=500)
+    zero = db.enqueue(sweep, "exp", [(5, ["a=zero"])], priority=0)
+    order = []
+    while (job := db.claim("w", "h")) is not None:
+        order.append(job.id)
+    assert order == high + mid + low + zero
+
+
+def test_claim_filters_by_experiment(tmp_path: Path) -> None:
+    db = JobDB.open(tmp_path / "jobs.db")
+    a, b = _sweep(db, "a"), _sweep(db, "b")
+    db.enqueue(a, "a", [(0, [])], priority=1000)
+    (b_id,) = db.enqueue(b, "b", [(0, [])], priority=1)
+    job = db.claim("w", "h", experiment="b")
+    assert job is not None and job.id == b_id and job.experiment == "b"
+    assert db.claim("w", "h", experiment="b") is None
+    assert db.has_pending("a") and not db.has_pending("b")
+
+
+@pytest.mark.parametrize("bad", [1001, -1, "high", 3.5, True])
+def test_enqueue_rejects_bad_priority_and_writes_nothing(tmp_path: Path, bad: object) -> None:
+    db = JobDB.open(tmp_path / "jobs.db")
+    sweep = _sweep(db)
+    with pytest.raises(ValueError, match="priority"):
+        db.enqueue(sweep, "exp", [(0, [])], priority=bad)  # type: ignore[arg-type]
+    assert db.list_jobs() == []
+
+
+def test_stale_worker_cannot_touch_a_job_it_lost(tmp_path: Path) -> None:
+    db = JobDB.open(tmp_path / "jobs.db")
+    (job_id,) = db.enqueue(_sweep(db), "exp", [(0, [])])
+    job = db.claim("old", "h")
+    assert job is not None and db.requeue(job_id, "old", count_attempt=True)
+    assert db.claim("new", "h") is not None
+    assert not db.finish(job_id, "old", Outcome(status="completed"))
+    assert not db.requeue(job_id, "old")
+    assert db.finish(job_id, "new", Outcome(status="completed", return_json="1"))
+    (row,) = db.list_jobs()
+    assert (row["status"], row["worker"], row["attempts"]) == ("completed", "new", 2)
+
+
+def test_requeue_without_counting_keeps_attempts(tmp_path: Path) -> None:
+    db = JobDB.open(tmp_path / "jobs.db")
+    (job_id,) = db.enqueue(_sweep(db), "exp", [(0, [])])
+    db.claim("w", "h")
+    assert db.requeue(job_id, "w", count_attempt=False)
+    (row,) = db.list_jobs()
+    assert (row["status"], row["attempts"], row["worker"]) == ("pending", 0, None)
+
+
+def test_claim_and_status_use_indexes(tmp_path: Path) -> None:
+    """At a million rows a scan would be ruinous; pin the plans instead of timing them."""
+    db = JobDB.open(tmp_path / "jobs.db")
+    params = {"worker": "w", "host": "h", "now": 0.0, "experiment": "e"}
+    assert any("USING INDEX jobs_pending" in d for d in db.query_plan(db.claim_sql(False), params))
+    assert any(
+        "USING INDEX jobs_pending_by_experiment" in d
+        for d in db.query_plan(db.claim_sql(True), params)
+    )
+    plan = db.query_plan(
+        "SELECT experiment, status, count(*) FROM jobs GROUP BY experiment, status"
+    )
+    assert any("COVERING INDEX jobs_experiment_status" in d for d in plan)
+
+
+def test_claim_stays_indexed_with_many_finished_rows(tmp_path: Path) -> None:
+    db = JobDB.open(tmp_path / "jobs.db")
+    sweep = _sweep(db)
+    ids = db.enqueue(sweep, "exp", [(i, []) for i in range(20000)])
+    db.conn.execute("UPDATE jobs SET status = 'completed' WHERE id < ?", (ids[-5],))
+    db.conn.execute("ANALYZE")  # the planner must still choose the partial index
+    params = {"worker": "w", "host": "h", "now": 0.0, "experiment": None}
+    assert any("USING INDEX jobs_pending" in d for d in db.query_plan(db.claim_sql(False), params))
+    job = db.claim("w", "h")
+    assert job is not None and job.id == ids[-5]
+
+
+def test_new_file_is_private_and_group_sharing_is_a_setting(tmp_path: Path) -> None:
+    JobDB.open(tmp_path / "private" / "jobs.db").close()
+    assert stat.S_IMODE(os.stat(tmp_path / "private" / "jobs.db").st_mode) == 0o600
+    JobDB.open(tmp_path / "shared" / "jobs.db", group_shared=True).close()
+    assert stat.S_IMODE(os.stat(tmp_path / "shared" / "jobs.db").st_mode) == 0o660
+
+
+def test_wal_on_local_disk_and_rollback_journal_when_forced(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    db = JobDB.open(tmp_path / "local.db")
+    assert db.journal_mode == "wal"
+    assert db.conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    monkeypatch.setenv("DR_EXP_JOURNAL_MODE", "delete")
+    db2 = JobDB.open(tmp_path / "nfs.db")
+    assert db2.conn.execute("PRAGMA journal_mode").fetchone()[0] == "delete"
+
+
+def test_network_filesystems_are_detected_from_the_mount_table() -> None:
+    assert dbmod.filesystem_type(Path("/proc/self")) == "proc"
+    for fs in ("nfs", "nfs4", "lustre", "gpfs"):
+        assert fs in dbmod.NETWORK_FILESYSTEMS
+
+
+def test_older_database_is_migrated(tmp_path: Path) -> None:
+    path = tmp_path / "old.db"
+    sqlite3.connect(path).close()  # an empty file at schema version 0
+    db = JobDB.open(path)
+    assert db.schema_version() == dbmod.SCHEMA_VERSION
+    assert {"jobs", "sweeps", "results"} <= set(db.db.table_names())
+    db.close()
+    # Opening again is a no-op that keeps the data.
+    db = JobDB.open(path)
+    db.enqueue(_sweep(db), "exp", [(0, ["k=v"])])
+    db.close()
+    assert JobDB.open(path).list_jobs()[0]["overrides"] == ["k=v"]
+
+
+def test_newer_database_is_refused_clearly(tmp_path: Path) -> None:
+    path = tmp_path / "new.db"
+    JobDB.open(path).close()
+    conn = sqlite3.connect(path)
+    conn.execute(f"PRAGMA user_version = {dbmod.SCHEMA_VERSION + 1}")
+    conn.close()
+    with pytest.raises(DatabaseError, match="newer than this dr_exp"):
+        JobDB.open(path)
+
+
+def test_not_a_database_is_a_clear_error(tmp_path: Path) -> None:
+    path = tmp_path / "junk.db"
+    path.write_bytes(b"this is not sqlite" * 100)
+    with pytest.raises(DatabaseError, match="not a dr_exp job database|cannot open"):
+        JobDB.open(path)
