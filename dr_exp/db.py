@@ -297,7 +297,7 @@ class JobDB:
 
     # -- transactions ----------------------------------------------------------
     @staticmethod
-    def _retry(fn: Callable[[], T], attempts: int = 60) -> T:
+    def _retry(fn: Callable[[], T], attempts: int = 10) -> T:
         """Run ``fn``, retrying while SQLite reports the database busy or locked."""
         delay = 0.01
         for attempt in range(attempts):

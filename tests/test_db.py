@@ -197,3 +197,27 @@ def test_not_a_database_is_a_clear_error(tmp_path: Path) -> None:
     path.write_bytes(b"this is not sqlite" * 100)
     with pytest.raises(DatabaseError, match="not a dr_exp job database|cannot open"):
         JobDB.open(path)
+
+
+def test_a_held_write_lock_delays_but_never_fails_a_claim(tmp_path: Path) -> None:
+    import threading
+    import time
+
+    path = tmp_path / "jobs.db"
+    db = JobDB.open(path)
+    (job_id,) = db.enqueue(_sweep(db), "exp", [(0, [])])
+    blocker = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    blocker.execute("BEGIN IMMEDIATE")
+    holding = threading.Event()
+
+    def release_later() -> None:
+        holding.set()
+        time.sleep(1.5)
+        blocker.execute("COMMIT")
+
+    t = threading.Thread(target=release_later)
+    t.start()
+    holding.wait()
+    job = db.claim("w", "h")  # waits on the lock instead of raising "database is locked"
+    t.join()
+    assert job is not None and job.id == job_id

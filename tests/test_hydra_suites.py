@@ -73,3 +73,31 @@ class TestDrExpLauncherBatched(BatchedSweeperTestSuite):
 )
 class TestDrExpLauncherIntegration(IntegrationTestSuite):
     pass
+
+
+def test_plugin_discovery_imports_nothing_heavy() -> None:
+    """Hydra imports every hydra_plugins module on every app start: keep ours light."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys\n"
+        "from hydra.core.plugins import Plugins\n"
+        "from hydra.plugins.launcher import Launcher\n"
+        "names = [p.__name__ for p in Plugins.instance().discover(Launcher)]\n"
+        "assert 'DrExpLauncher' in names, names\n"
+        "heavy = [m for m in ('dr_exp', 'sqlite_utils', 'cloudpickle', 'pynvml', 'submitit')"
+        " if m in sys.modules]\n"
+        "print(','.join(heavy))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    heavy = [m for m in out.stdout.strip().split(",") if m]
+    assert heavy == [], f"plugin discovery imported {heavy}"
+
+
+def test_hydra_plugins_is_a_namespace_package() -> None:
+    from pathlib import Path
+
+    import hydra_plugins.dr_exp_launcher as plugin
+
+    assert not (Path(plugin.__file__).parent.parent / "__init__.py").exists()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import sqlite3
 import subprocess
@@ -275,3 +276,43 @@ def test_demo_sweep_of_the_example_app(tmp_path: Path, db_path: Path) -> None:
         assert saved["val_acc"] == r["return_value"]["val_acc"]
     status = run_cli("status", "--format", "json", cwd=tmp_path)
     assert json.loads(status.stdout)["experiments"]["train"]["completed"] == 6
+
+
+def test_hydra_callbacks_run_on_the_worker(tmp_path: Path, db_path: Path) -> None:
+    proc = run_app(
+        APP, "-m", "x=1,2", "+hydra.callbacks.record._target_=callbacks.RecordPid",
+        "hydra/launcher=dr_exp", "hydra.launcher.workers=1", "hydra.launcher.wait=false",
+        cwd=tmp_path,
+    )  # fmt: skip
+    assert proc.returncode == 0
+    worker = subprocess.Popen([sys.executable, "-m", "dr_exp", "worker", "--idle-timeout", "0.5"])
+    assert worker.wait(120) == 0
+    for row in jobs(db_path):
+        out = Path(row["output_dir"])
+        start_pid = int((out / "on_job_start.pid").read_text())
+        end_pid, status, value = (out / "on_job_end.txt").read_text().split()
+        assert start_pid == int(end_pid) != worker.pid  # in the job's own process
+        assert (status, int(value)) == ("COMPLETED", row["return_value"])
+
+
+def test_signing_key_is_private(tmp_path: Path, db_path: Path) -> None:
+    run_app(APP, "-m", "x=1", "hydra/launcher=dr_exp", "hydra.launcher.workers=1", cwd=tmp_path)
+    key = Path(os.environ["DR_EXP_SECRET_KEY_FILE"])
+    assert key.exists() and (key.stat().st_mode & 0o777) == 0o600
+
+
+def test_shipped_launcher_presets_work_from_an_app_config_dir(
+    tmp_path: Path, db_path: Path
+) -> None:
+    app_dir = tmp_path / "app"
+    shutil.copytree(APP.parent, app_dir)
+    shutil.copytree(ROOT / "conf" / "hydra", app_dir / "hydra")
+    run_app(app_dir / "app.py", "-m", "x=1,2", "hydra/launcher=dr_exp_queue_only", cwd=tmp_path)
+    rows = jobs(db_path)
+    assert [r["status"] for r in rows] == ["pending", "pending"]
+    run_app(app_dir / "app.py", "-m", "x=3", "hydra/launcher=dr_exp_background",
+            "hydra.launcher.idle_timeout=1", cwd=tmp_path)  # fmt: skip
+    wait_for(
+        lambda: {r["status"] for r in jobs(db_path)} == {"completed"}, what="background workers"
+    )
+    assert sorted(r["return_value"] for r in jobs(db_path)) == [2, 4, 6]
