@@ -10,6 +10,7 @@ import argparse
 import datetime as dt
 import json
 import logging
+import os
 import sys
 import time
 from typing import Any, Optional, Sequence
@@ -96,8 +97,38 @@ def build_parser() -> Parser:
         help="seconds a signalled job gets to exit before it is killed (default 10)",
     )
     p.add_argument("--max-jobs", type=int, default=None, help="exit after running N jobs")
+    _lease_options(p)
     p.set_defaults(func=cmd_worker)
     return parser
+
+
+def _lease_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--lease",
+        type=float,
+        default=60.0,
+        help="seconds a claimed job stays ours without a heartbeat; when it runs out, "
+        "any worker may requeue the job (default 60)",
+    )
+    p.add_argument(
+        "--heartbeat",
+        type=float,
+        default=10.0,
+        help="seconds between lease renewals and worker heartbeats (default 10)",
+    )
+    p.add_argument(
+        "--max-hours",
+        type=float,
+        default=None,
+        help="stop taking new jobs when less than --reserve-minutes of this budget is left",
+    )
+    p.add_argument(
+        "--reserve-minutes",
+        type=float,
+        default=0.0,
+        help="with --max-hours: stop claiming this many minutes before the end (default 0)",
+    )
+    p.add_argument("--stop-claiming-at", type=float, default=None, help=argparse.SUPPRESS)
 
 
 # -- helpers ------------------------------------------------------------------
@@ -247,6 +278,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
         raise CLIError("--grace must be 0 or more seconds")
     if args.max_jobs is not None and args.max_jobs < 1:
         raise CLIError("--max-jobs must be 1 or more")
+    stop_claiming_at = _check_lease_options(args)
     logging.basicConfig(
         level=logging.INFO,
         format="%(asctime)s [%(name)s] %(message)s",
@@ -259,8 +291,29 @@ def cmd_worker(args: argparse.Namespace) -> int:
         idle_timeout=args.idle_timeout,
         grace_period=args.grace,
         max_jobs=args.max_jobs,
+        lease_s=args.lease,
+        heartbeat_s=args.heartbeat,
+        stop_claiming_at=stop_claiming_at,
+        supervisor=os.environ.get("DR_EXP_SUPERVISOR"),
     )
     return worker.run()
+
+
+def _check_lease_options(args: argparse.Namespace) -> Optional[float]:
+    """Validate lease/heartbeat/max-hours; returns when to stop claiming (epoch seconds)."""
+    if args.heartbeat <= 0:
+        raise CLIError("--heartbeat must be more than 0 seconds")
+    if args.lease <= args.heartbeat:
+        raise CLIError("--lease must be longer than --heartbeat (several missed beats)")
+    if args.max_hours is not None and args.max_hours <= 0:
+        raise CLIError("--max-hours must be more than 0")
+    if args.reserve_minutes < 0:
+        raise CLIError("--reserve-minutes must be 0 or more")
+    if args.stop_claiming_at is not None:
+        return args.stop_claiming_at
+    if args.max_hours is None:
+        return None
+    return time.time() + args.max_hours * 3600 - args.reserve_minutes * 60
 
 
 def main(argv: Optional[Sequence[str]] = None) -> None:

@@ -31,11 +31,13 @@ from typing import Any, Callable, Iterable, Optional, Sequence, TypeVar
 
 import sqlite_utils
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 STATUSES = ("pending", "running", "completed", "failed", "cancelled")
 FINAL_STATUSES = ("completed", "failed", "cancelled")
 PRIORITY_MIN, PRIORITY_MAX = 0, 1000
 DEFAULT_PRIORITY = 500
+DEFAULT_LEASE_S = 60.0  # a claimed job is lost when its worker misses renewing it this long
+DEFAULT_MAX_ATTEMPTS = 3
 
 # Filesystems on which WAL's shared-memory index is unsafe (SQLite docs: WAL
 # needs every process on one host).  On these, dr_exp uses the rollback journal.
@@ -205,8 +207,51 @@ def _migrate_to_1(db: sqlite_utils.Database) -> None:
     )
 
 
+def _migrate_to_2(db: sqlite_utils.Database) -> None:
+    """Leases, a history of attempts, and a registry of workers (the worker fleet)."""
+    db["jobs"].add_column("lease_expires", float)
+    db["jobs"].add_column("max_attempts", int, not_null_default=DEFAULT_MAX_ATTEMPTS)
+    # Reaping expired leases reads running rows by expiry only.
+    db.execute("CREATE INDEX jobs_running_lease ON jobs(lease_expires) WHERE status = 'running'")
+    db["attempts"].create(
+        {
+            "id": int,
+            "job_id": int,
+            "attempt": int,
+            "worker": str,
+            "host": str,
+            "started": float,
+            "ended": float,
+            "outcome": str,  # completed, failed, requeued, lost, cancelled
+            "detail": str,
+        },
+        pk="id",
+        foreign_keys=[("job_id", "jobs", "id")],
+    )
+    db["attempts"].create_index(["job_id"], index_name="attempts_job")
+    db["workers"].create(
+        {
+            "id": str,
+            "host": str,
+            "pid": int,
+            "experiment": str,
+            "supervisor": str,
+            "slurm_job_id": str,
+            "gpu": str,  # CUDA_VISIBLE_DEVICES as the worker saw it
+            "started": float,
+            "heartbeat": float,
+            "state": str,  # idle, busy, exited
+            "job_id": int,
+            "gpu_util": float,  # percent, from NVML; null on a CPU-only machine
+            "gpu_mem_used_mb": float,
+            "gpu_mem_total_mb": float,
+        },
+        pk="id",
+    )
+
+
 # MIGRATIONS[i] takes a database at schema version i to version i + 1.
-MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [_migrate_to_1]
+MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [_migrate_to_1, _migrate_to_2]
 assert len(MIGRATIONS) == SCHEMA_VERSION
 
 
@@ -389,9 +434,14 @@ class JobDB:
         jobs: Sequence[tuple[int, Sequence[str]]],
         priority: int = DEFAULT_PRIORITY,
         tags: Sequence[str] = (),
+        max_attempts: int = DEFAULT_MAX_ATTEMPTS,
     ) -> list[int]:
         """Insert a whole launch batch in one transaction; returns the new job ids in order."""
         priority = validate_priority(priority)
+        if isinstance(max_attempts, bool) or not isinstance(max_attempts, int) or max_attempts < 1:
+            raise ValueError(
+                f"max_attempts must be a whole number of 1 or more, got {max_attempts!r}"
+            )
         now = time.time()
         tags_json = json.dumps(list(tags))
         rows = [
@@ -404,6 +454,7 @@ class JobDB:
                 "tags": tags_json,
                 "status": "pending",
                 "attempts": 0,
+                "max_attempts": max_attempts,
                 "created": now,
             }
             for num, overrides in jobs
@@ -428,7 +479,7 @@ class JobDB:
     _CLAIM = """
         UPDATE jobs
            SET status = 'running', worker = :worker, host = :host, started = :now,
-               ended = NULL, attempts = attempts + 1
+               ended = NULL, attempts = attempts + 1, lease_expires = :lease_expires
          WHERE id = (SELECT id FROM jobs
                       WHERE status = 'pending' {experiment_filter}
                       ORDER BY priority DESC, id LIMIT 1)
@@ -441,26 +492,97 @@ class JobDB:
         host: str,
         experiment: Optional[str] = None,
         finished: Optional[tuple[int, Outcome]] = None,
+        lease_s: float = DEFAULT_LEASE_S,
     ) -> Optional[Job]:
         """Claim the next pending job: highest priority first, FIFO within a priority.
 
-        ``finished`` records the worker's previous job in the same transaction,
-        which saves one commit per job.
+        The same transaction records the worker's previous job (``finished``,
+        one commit per job instead of two) and first reaps jobs whose lease
+        expired, so lost jobs go back to the queue without a separate janitor.
         """
         sql = self._CLAIM.format(
             experiment_filter="AND experiment = :experiment" if experiment else ""
         )
-        params = {"worker": worker, "host": host, "now": time.time(), "experiment": experiment}
 
         def claim(conn: sqlite3.Connection) -> Optional[Job]:
+            now = time.time()
             if finished is not None:
                 self._finish(conn, finished[0], worker, finished[1])
+            self._reap(conn, now)
+            params = {
+                "worker": worker,
+                "host": host,
+                "now": now,
+                "experiment": experiment,
+                "lease_expires": now + lease_s,
+            }
             row = conn.execute(sql, params).fetchone()
             if row is None:
                 return None
+            conn.execute(
+                "INSERT INTO attempts (job_id, attempt, worker, host, started) VALUES (?, ?, ?, ?, ?)",
+                (row[0], row[5], worker, host, now),
+            )
             return Job(row[0], row[1], row[2], row[3], json.loads(row[4]), row[5])
 
         return self._write(claim)
+
+    def _end_attempt(
+        self, conn: sqlite3.Connection, job_id: int, worker: Optional[str], outcome: str,
+        detail: Optional[str] = None,
+    ) -> None:  # fmt: skip
+        conn.execute(
+            "UPDATE attempts SET ended = ?, outcome = ?, detail = ? "
+            "WHERE job_id = ? AND ended IS NULL AND (? IS NULL OR worker = ?)",
+            (time.time(), outcome, detail, job_id, worker, worker),
+        )
+
+    def _reap(self, conn: sqlite3.Connection, now: float) -> list[int]:
+        """Requeue (or fail, past max_attempts) running jobs whose lease expired."""
+        expired = conn.execute(
+            "SELECT id, attempts, max_attempts, worker FROM jobs "
+            "WHERE status = 'running' AND lease_expires < ?",
+            (now,),
+        ).fetchall()
+        for job_id, attempts, max_attempts, worker in expired:
+            detail = f"worker {worker} stopped renewing its lease"
+            if attempts >= (max_attempts or DEFAULT_MAX_ATTEMPTS):
+                conn.execute(
+                    "UPDATE jobs SET status = 'failed', ended = ?, lease_expires = NULL, "
+                    "error = ? WHERE id = ? AND status = 'running' AND lease_expires < ?",
+                    (now, f"lost after {attempts} attempts ({detail})", job_id, now),
+                )
+            else:
+                conn.execute(
+                    "UPDATE jobs SET status = 'pending', worker = NULL, host = NULL, "
+                    "started = NULL, lease_expires = NULL "
+                    "WHERE id = ? AND status = 'running' AND lease_expires < ?",
+                    (job_id, now),
+                )
+            self._end_attempt(conn, job_id, worker, "lost", detail)
+        return [row[0] for row in expired]
+
+    def reap_expired(self) -> list[int]:
+        """Reap expired leases now (claims do this too); returns the reaped job ids."""
+        return self._write(lambda conn: self._reap(conn, time.time()))
+
+    def heartbeat(self, job_id: int, worker: str, lease_s: float = DEFAULT_LEASE_S) -> str:
+        """Renew the lease on a running job: ``ok``, or ``cancelled``/``lost`` if it is not ours."""
+
+        def renew(conn: sqlite3.Connection) -> str:
+            changed = conn.execute(
+                "UPDATE jobs SET lease_expires = ? "
+                "WHERE id = ? AND status = 'running' AND worker = ?",
+                (time.time() + lease_s, job_id, worker),
+            ).rowcount
+            if changed == 1:
+                return "ok"
+            row = conn.execute("SELECT status FROM jobs WHERE id = ?", (job_id,)).fetchone()
+            outcome = "cancelled" if row and row[0] == "cancelled" else "lost"
+            self._end_attempt(conn, job_id, worker, outcome)
+            return outcome
+
+        return self._write(renew)
 
     def has_pending(self, experiment: Optional[str] = None) -> bool:
         """A plain read, so idle workers poll without taking the write lock."""
@@ -489,7 +611,7 @@ class JobDB:
             raise ValueError(f"a run ends completed or failed, not {outcome.status!r}")
         changed = conn.execute(
             "UPDATE jobs SET status = ?, ended = ?, return_value = ?, error = ?, "
-            "output_dir = coalesce(?, output_dir) "
+            "output_dir = coalesce(?, output_dir), lease_expires = NULL "
             "WHERE id = ? AND status = 'running' AND worker = ?",
             (
                 outcome.status,
@@ -501,6 +623,8 @@ class JobDB:
                 worker,
             ),
         ).rowcount
+        if changed == 1:
+            self._end_attempt(conn, job_id, worker, outcome.status, outcome.error)
         if changed == 1 and outcome.result_blob is not None:
             conn.execute(
                 "INSERT OR REPLACE INTO results (job_id, payload, signature) VALUES (?, ?, ?)",
@@ -514,16 +638,59 @@ class JobDB:
 
     def requeue(self, job_id: int, worker: str, count_attempt: bool = False) -> bool:
         """Put a running job back to pending (a preempted job does not count an attempt)."""
-        return self._write(
-            lambda conn: (
-                conn.execute(
-                    "UPDATE jobs SET status = 'pending', worker = NULL, host = NULL, "
-                    "started = NULL, attempts = attempts - ? "
-                    "WHERE id = ? AND status = 'running' AND worker = ?",
-                    (0 if count_attempt else 1, job_id, worker),
-                ).rowcount
-                == 1
+
+        def requeue(conn: sqlite3.Connection) -> bool:
+            changed = conn.execute(
+                "UPDATE jobs SET status = 'pending', worker = NULL, host = NULL, "
+                "started = NULL, lease_expires = NULL, attempts = attempts - ? "
+                "WHERE id = ? AND status = 'running' AND worker = ?",
+                (0 if count_attempt else 1, job_id, worker),
+            ).rowcount
+            if changed == 1:
+                self._end_attempt(conn, job_id, worker, "requeued")
+            return changed == 1
+
+        return self._write(requeue)
+
+    # -- the worker registry ------------------------------------------------------
+    def register_worker(self, info: dict) -> None:
+        row = dict(info, started=time.time(), heartbeat=time.time(), state="idle")
+        self._write(lambda conn: self.db["workers"].insert(row, replace=True))
+
+    def worker_heartbeat(
+        self, worker: str, state: str, job_id: Optional[int], telemetry: Optional[dict] = None
+    ) -> None:
+        t = telemetry or {}
+        self._write(
+            lambda conn: conn.execute(
+                "UPDATE workers SET heartbeat = ?, state = ?, job_id = ?, gpu_util = ?, "
+                "gpu_mem_used_mb = ?, gpu_mem_total_mb = ? WHERE id = ?",
+                (
+                    time.time(),
+                    state,
+                    job_id,
+                    t.get("gpu_util"),
+                    t.get("gpu_mem_used_mb"),
+                    t.get("gpu_mem_total_mb"),
+                    worker,
+                ),
             )
+        )
+
+    def live_workers(self, max_age_s: float, experiment: Optional[str] = None) -> list[dict]:
+        """Workers that are not exited and have beaten within ``max_age_s`` seconds."""
+        sql = "SELECT * FROM workers WHERE state != 'exited' AND heartbeat > ?"
+        params: list[Any] = [time.time() - max_age_s]
+        if experiment:
+            sql += " AND (experiment IS NULL OR experiment = ?)"
+            params.append(experiment)
+        return self._read(sql + " ORDER BY started", params)
+
+    def attempts(self, job_id: int) -> list[dict]:
+        return self._read(
+            "SELECT attempt, worker, host, started, ended, outcome, detail FROM attempts "
+            "WHERE job_id = ? ORDER BY id",
+            (job_id,),
         )
 
     # -- watching --------------------------------------------------------------

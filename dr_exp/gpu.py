@@ -25,3 +25,51 @@ def visible_gpus() -> list[str]:
             pynvml.nvmlShutdown()
     except Exception:  # no driver, no library: a CPU-only machine
         return []
+
+
+class GpuTelemetry:
+    """Utilization and memory of the GPU a worker is pinned to, through NVML.
+
+    Returns {} on a CPU-only machine (no driver, no library, no visible GPU),
+    so heartbeats simply carry no GPU columns there.
+    """
+
+    def __init__(self) -> None:
+        self._handle: object = None
+        self._failed = False
+
+    def _device(self) -> object:
+        if self._handle is not None or self._failed:
+            return self._handle
+        gpus = visible_gpus()
+        try:
+            import pynvml
+
+            if not gpus:
+                raise RuntimeError("no GPU")
+            pynvml.nvmlInit()
+            first = gpus[0]
+            if first.startswith(("GPU-", "MIG-")):
+                self._handle = pynvml.nvmlDeviceGetHandleByUUID(first)
+            else:
+                self._handle = pynvml.nvmlDeviceGetHandleByIndex(int(first))
+        except Exception:
+            self._failed = True
+        return self._handle
+
+    def read(self) -> dict:
+        handle = self._device()
+        if handle is None:
+            return {}
+        try:
+            import pynvml
+
+            util = pynvml.nvmlDeviceGetUtilizationRates(handle)
+            mem = pynvml.nvmlDeviceGetMemoryInfo(handle)
+            return {
+                "gpu_util": float(util.gpu),
+                "gpu_mem_used_mb": mem.used / 2**20,
+                "gpu_mem_total_mb": mem.total / 2**20,
+            }
+        except Exception:
+            return {}

@@ -43,6 +43,7 @@ class LauncherSettings:
     wait: bool = True
     idle_timeout: float = 10.0
     group_shared: bool = False
+    max_attempts: int = 3
 
     @classmethod
     def from_hydra(cls, raw: Mapping[str, Any]) -> LauncherSettings:
@@ -78,6 +79,9 @@ class LauncherSettings:
             raise bad("idle_timeout", f"must be a number of seconds, got {idle_timeout!r}")
         if idle_timeout < 0:
             raise bad("idle_timeout", f"must be 0 (never) or more seconds, got {idle_timeout}")
+        max_attempts = raw.get("max_attempts", 3)
+        if isinstance(max_attempts, bool) or not isinstance(max_attempts, int) or max_attempts < 1:
+            raise bad("max_attempts", f"must be a whole number of 1 or more, got {max_attempts!r}")
         db = raw.get("db")
         if db is not None and not str(db).strip():
             raise bad("db", "must be a path or null")
@@ -90,6 +94,7 @@ class LauncherSettings:
             wait=wait,
             idle_timeout=float(idle_timeout),
             group_shared=bool(raw.get("group_shared", False)),
+            max_attempts=max_attempts,
         )
 
 
@@ -133,6 +138,7 @@ class SweepSubmitter:
                 numbered,
                 priority=self.settings.priority,
                 tags=self.settings.tags,
+                max_attempts=self.settings.max_attempts,
             )
             log.info(
                 f"dr_exp: queued {len(ids)} jobs (ids {ids[0]}-{ids[-1]}) for experiment "

@@ -7,6 +7,11 @@
 On SIGTERM, SIGINT, SIGUSR1 or SIGUSR2 (scancel, preemption, Ctrl-C, SLURM's
 time-limit warning) the worker forwards the signal to its job, waits a grace
 period, puts the job back to pending without counting an attempt, and exits 0.
+
+While a job runs, the worker (never the job) renews the job's lease every
+``heartbeat_s``.  If the job was cancelled, or its lease was lost to another
+worker, the renewal says so and the worker stops the job: one job never runs
+in two places at once.
 """
 
 from __future__ import annotations
@@ -24,7 +29,8 @@ from collections import OrderedDict
 from typing import Optional, Union
 
 from dr_exp import payload
-from dr_exp.db import Job, JobDB, Outcome
+from dr_exp.db import DEFAULT_LEASE_S, Job, JobDB, Outcome
+from dr_exp.gpu import GpuTelemetry
 from dr_exp.runner import (
     FORWARDED_SIGNALS,
     FrameReader,
@@ -51,6 +57,10 @@ class Worker:
         poll_min: float = 0.05,
         poll_max: float = 1.0,
         max_jobs: Optional[int] = None,
+        lease_s: float = DEFAULT_LEASE_S,
+        heartbeat_s: float = 10.0,
+        stop_claiming_at: Optional[float] = None,
+        supervisor: Optional[str] = None,
     ) -> None:
         self.db = db
         self.experiment = experiment
@@ -65,6 +75,12 @@ class Worker:
         self._active_sweep: Optional[int] = None
         self._wakeup_r, self._wakeup_w = os.pipe()
         self.jobs_done = 0
+        self.lease_s = lease_s
+        self.heartbeat_s = heartbeat_s
+        self.stop_claiming_at = stop_claiming_at  # wall-clock time (max-hours budget)
+        self.supervisor = supervisor
+        self.telemetry = GpuTelemetry()
+        self._last_beat = 0.0
 
     # -- signals ----------------------------------------------------------------
     def _on_signal(self, signum: int, _frame: object) -> None:
@@ -88,30 +104,58 @@ class Worker:
     # -- the loop ---------------------------------------------------------------
     def run(self) -> int:
         self._install_signal_handlers()
+        self.db.register_worker(
+            {
+                "id": self.worker_id,
+                "host": self.host,
+                "pid": os.getpid(),
+                "experiment": self.experiment,
+                "supervisor": self.supervisor,
+                "slurm_job_id": _slurm_job_id(),
+                "gpu": os.environ.get("CUDA_VISIBLE_DEVICES"),
+            }
+        )
         log.info(
-            "worker %s started (db %s, experiment %s)",
+            "worker %s started (db %s, experiment %s, GPU %s)",
             self.worker_id,
             self.db.path,
             self.experiment or "any",
+            os.environ.get("CUDA_VISIBLE_DEVICES", "none"),
         )
+        try:
+            self._loop()
+        finally:
+            self.db.worker_heartbeat(self.worker_id, "exited", None)
+        if self.stop_signal is not None:
+            log.info("stopped by %s", signal.Signals(self.stop_signal).name)
+        return 0
+
+    def _loop(self) -> None:
         finished: Optional[tuple[int, Outcome]] = None
         idle_since = time.monotonic()
         poll = self.poll_min
         while self.stop_signal is None:
             if self.max_jobs is not None and self.jobs_done >= self.max_jobs:
                 break
+            if self.stop_claiming_at is not None and time.time() >= self.stop_claiming_at:
+                log.info("max-hours: too little time left to start another job; exiting")
+                break
             job = None
             if finished is not None or self.db.has_pending(self.experiment):
-                job = self.db.claim(self.worker_id, self.host, self.experiment, finished)
+                job = self.db.claim(
+                    self.worker_id, self.host, self.experiment, finished, lease_s=self.lease_s
+                )
                 finished = None
             if job is None:
                 if self.idle_timeout and time.monotonic() - idle_since > self.idle_timeout:
                     log.info("queue empty for %.0f s; exiting", self.idle_timeout)
                     break
+                self._beat("idle", None)
                 self._sleep(poll * (0.5 + random.random()))
                 poll = min(poll * 1.5, self.poll_max)
                 continue
             poll = self.poll_min
+            self._beat("busy", job.id, force=True)
             outcome = self.run_job(job)
             self.jobs_done += 1
             idle_since = time.monotonic()
@@ -119,9 +163,13 @@ class Worker:
                 finished = (job.id, outcome)
         if finished is not None and not self.db.finish(finished[0], self.worker_id, finished[1]):
             log.warning("job %s: no longer ours, result dropped", finished[0])
-        if self.stop_signal is not None:
-            log.info("stopped by %s", signal.Signals(self.stop_signal).name)
-        return 0
+
+    def _beat(self, state: str, job_id: Optional[int], force: bool = False) -> None:
+        """Record this worker as alive (and its GPU's load) every ``heartbeat_s``."""
+        now = time.monotonic()
+        if force or now - self._last_beat >= self.heartbeat_s:
+            self._last_beat = now
+            self.db.worker_heartbeat(self.worker_id, state, job_id, self.telemetry.read())
 
     def _sleep(self, seconds: float) -> None:
         select.select([self._wakeup_r], [], [], seconds)
@@ -192,17 +240,28 @@ class Worker:
         reader = FrameReader()
         result: Optional[dict] = None
         output_dir: Optional[str] = None
+        stop_reason: Optional[str] = None  # a signal's name, "cancelled" or "lost"
         stop_sent_at: Optional[float] = None
+        last_renewal = time.monotonic()
         try:
             while True:
-                if self.stop_signal is not None and stop_sent_at is None:
+                if stop_reason is None and self.stop_signal is not None:
+                    stop_reason = signal.Signals(self.stop_signal).name
+                if stop_reason is None and time.monotonic() - last_renewal >= self.heartbeat_s:
+                    last_renewal = time.monotonic()
+                    state = self.db.heartbeat(job.id, self.worker_id, self.lease_s)
+                    self._beat("busy", job.id)
+                    if state != "ok":
+                        stop_reason = state
+                if stop_reason is not None and stop_sent_at is None:
+                    sig = self.stop_signal if stop_reason not in ("cancelled", "lost") else None
                     log.info(
-                        "job %s: forwarding %s, grace %.0f s",
+                        "job %s: stopping it (%s), grace %.0f s",
                         job.id,
-                        signal.Signals(self.stop_signal).name,
+                        stop_reason,
                         self.grace_period,
                     )
-                    self._signal_job(pid, self.stop_signal)
+                    self._signal_job(pid, sig or signal.SIGTERM)
                     stop_sent_at = time.monotonic()
                 if stop_sent_at is not None and time.monotonic() - stop_sent_at > self.grace_period:
                     self._signal_job(pid, signal.SIGKILL)
@@ -223,7 +282,10 @@ class Worker:
             os.close(read_fd)
             _, status = os.waitpid(pid, 0)
 
-        if result is None and stop_sent_at is not None:
+        if stop_reason in ("cancelled", "lost"):
+            log.info("job %s: %s while running; its process was stopped", job.id, stop_reason)
+            return None
+        if result is None and stop_reason is not None:
             if self.db.requeue(job.id, self.worker_id, count_attempt=False):
                 log.info("job %s: put back to pending (attempts unchanged)", job.id)
             return None
@@ -251,3 +313,10 @@ class Worker:
                 os.kill(pid, signum)
             except ProcessLookupError:
                 pass
+
+
+def _slurm_job_id() -> Optional[str]:
+    array_job = os.environ.get("SLURM_ARRAY_JOB_ID")
+    if array_job:
+        return f"{array_job}_{os.environ.get('SLURM_ARRAY_TASK_ID', '0')}"
+    return os.environ.get("SLURM_JOB_ID")

@@ -10,6 +10,7 @@ import stat
 from pathlib import Path
 
 import pytest
+import sqlite_utils
 
 from dr_exp import db as dbmod
 from dr_exp.db import DatabaseError, JobDB, Outcome
@@ -120,7 +121,7 @@ def test_requeue_without_counting_keeps_attempts(tmp_path: Path) -> None:
 def test_claim_and_status_use_indexes(tmp_path: Path) -> None:
     """At a million rows a scan would be ruinous; pin the plans instead of timing them."""
     db = JobDB.open(tmp_path / "jobs.db")
-    params = {"worker": "w", "host": "h", "now": 0.0, "experiment": "e"}
+    params = {"worker": "w", "host": "h", "now": 0.0, "experiment": "e", "lease_expires": 1.0}
     assert any("USING INDEX jobs_pending" in d for d in db.query_plan(db.claim_sql(False), params))
     assert any(
         "USING INDEX jobs_pending_by_experiment" in d
@@ -138,7 +139,7 @@ def test_claim_stays_indexed_with_many_finished_rows(tmp_path: Path) -> None:
     ids = db.enqueue(sweep, "exp", [(i, []) for i in range(20000)])
     db.conn.execute("UPDATE jobs SET status = 'completed' WHERE id < ?", (ids[-5],))
     db.conn.execute("ANALYZE")  # the planner must still choose the partial index
-    params = {"worker": "w", "host": "h", "now": 0.0, "experiment": None}
+    params = {"worker": "w", "host": "h", "now": 0.0, "experiment": None, "lease_expires": 1.0}
     assert any("USING INDEX jobs_pending" in d for d in db.query_plan(db.claim_sql(False), params))
     job = db.claim("w", "h")
     assert job is not None and job.id == ids[-5]
@@ -166,6 +167,28 @@ def test_network_filesystems_are_detected_from_the_mount_table() -> None:
     assert dbmod.filesystem_type(Path("/proc/self")) == "proc"
     for fs in ("nfs", "nfs4", "lustre", "gpfs"):
         assert fs in dbmod.NETWORK_FILESYSTEMS
+
+
+def test_version_1_database_is_migrated_with_its_jobs(tmp_path: Path) -> None:
+    path = tmp_path / "v1.db"
+    conn = sqlite3.connect(path, isolation_level=None)
+    dbmod.MIGRATIONS[0](sqlite_utils.Database(conn))  # the schema dr_exp 0.1 wrote
+    conn.execute("PRAGMA user_version = 1")
+    conn.execute(
+        "INSERT INTO sweeps (experiment, created, cwd, payload, signature) "
+        "VALUES ('e', 0, '/', x'00', 's')"
+    )
+    conn.execute(
+        "INSERT INTO jobs (experiment, sweep_id, job_num, overrides, priority, tags, status, "
+        "attempts, created) VALUES ('e', 1, 0, '[\"a=1\"]', 500, '[]', 'pending', 0, 0)"
+    )
+    conn.close()
+    db = JobDB.open(path)
+    assert db.schema_version() == dbmod.SCHEMA_VERSION
+    job = db.claim("w", "h")  # the old row works with leases and attempt history
+    assert job is not None and job.overrides == ["a=1"]
+    assert db.list_jobs()[0]["status"] == "running"
+    assert [a["worker"] for a in db.attempts(job.id)] == ["w"]
 
 
 def test_older_database_is_migrated(tmp_path: Path) -> None:
@@ -221,3 +244,29 @@ def test_a_held_write_lock_delays_but_never_fails_a_claim(tmp_path: Path) -> Non
     job = db.claim("w", "h")  # waits on the lock instead of raising "database is locked"
     t.join()
     assert job is not None and job.id == job_id
+
+
+def test_expired_lease_requeues_then_fails_after_max_attempts(tmp_path: Path) -> None:
+    db = JobDB.open(tmp_path / "jobs.db")
+    (job_id,) = db.enqueue(_sweep(db), "exp", [(0, [])], max_attempts=2)
+    assert db.claim("w1", "h", lease_s=-1) is not None  # a lease that has already run out
+    job = db.claim("w2", "h", lease_s=-1)  # reaps w1's claim, then claims again
+    assert job is not None and (job.id, job.attempts) == (job_id, 2)
+    assert db.heartbeat(job_id, "w1") == "lost"  # the stale worker learns it lost the job
+    assert db.claim("w3", "h") is None  # reaps w2's claim: 2 attempts used up
+    (row,) = db.list_jobs()
+    assert row["status"] == "failed"
+    assert row["error"].startswith("lost after 2 attempts")
+    history = db.attempts(job_id)
+    assert [(a["worker"], a["outcome"]) for a in history] == [("w1", "lost"), ("w2", "lost")]
+
+
+def test_heartbeat_renews_and_reports_cancellation(tmp_path: Path) -> None:
+    db = JobDB.open(tmp_path / "jobs.db")
+    (job_id,) = db.enqueue(_sweep(db), "exp", [(0, [])])
+    db.claim("w", "h", lease_s=-1)
+    assert db.heartbeat(job_id, "w", lease_s=60) == "ok"
+    assert db.reap_expired() == []  # renewed, so not reaped
+    db.conn.execute("UPDATE jobs SET status = 'cancelled' WHERE id = ?", (job_id,))
+    assert db.heartbeat(job_id, "w") == "cancelled"
+    assert db.attempts(job_id)[0]["outcome"] == "cancelled"

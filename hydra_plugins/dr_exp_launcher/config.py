@@ -30,6 +30,9 @@ class DrExpLauncherConf:
     idle_timeout: float = 10.0
     # Create a new database file group-readable and -writable (0660, not 0600).
     group_shared: bool = False
+    # A job whose worker vanishes (lease expired) is retried up to this many
+    # attempts in all, then marked failed ("lost after N attempts").
+    max_attempts: int = 3
 
 
 ConfigStore.instance().store(
