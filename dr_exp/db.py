@@ -584,8 +584,8 @@ class JobDB:
 
         return self._write(renew)
 
-    def has_pending(self, experiment: Optional[str] = None) -> bool:
-        """A plain read, so idle workers poll without taking the write lock."""
+    def has_work(self, experiment: Optional[str] = None) -> bool:
+        """Anything to claim or reap?  A plain read: idle workers poll without the write lock."""
         if experiment:
             sql, params = (
                 "SELECT 1 FROM jobs WHERE status = 'pending' AND experiment = ? LIMIT 1",
@@ -593,7 +593,14 @@ class JobDB:
             )
         else:
             sql, params = "SELECT 1 FROM jobs WHERE status = 'pending' LIMIT 1", ()
-        return bool(self._read(sql, params))
+        if self._read(sql, params):
+            return True
+        return bool(
+            self._read(
+                "SELECT 1 FROM jobs WHERE status = 'running' AND lease_expires < ? LIMIT 1",
+                (time.time(),),
+            )
+        )
 
     def set_output_dir(self, job_id: int, worker: str, output_dir: str) -> bool:
         return self._write(

@@ -14,10 +14,33 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Optional
+from typing import Optional, Sequence
 
 import dr_exp
 from dr_exp.gpu import visible_gpus
+
+
+def worker_command(
+    db_path: Path,
+    experiment: Optional[str],
+    idle_timeout: float,
+    extra: Sequence[str] = (),
+) -> list[str]:
+    """The ``dr_exp worker`` command line that local pools and node supervisors start."""
+    cmd = [sys.executable, "-m", "dr_exp", "worker", "--db", str(db_path)]
+    if experiment:
+        cmd += ["--experiment", experiment]
+    return cmd + ["--idle-timeout", str(idle_timeout), *extra]
+
+
+def worker_env() -> dict[str, str]:
+    """The environment for a worker: ours, with this dr_exp importable first."""
+    env = dict(os.environ)
+    package_root = str(Path(dr_exp.__file__).resolve().parent.parent)
+    env["PYTHONPATH"] = os.pathsep.join(
+        [package_root] + [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p]
+    )
+    return env
 
 
 def default_worker_count() -> int:
@@ -44,18 +67,7 @@ class LocalWorkers:
         self.logs: dict[int, Path] = {}  # pid -> log file
 
     def command(self) -> list[str]:
-        return [
-            sys.executable,
-            "-m",
-            "dr_exp",
-            "worker",
-            "--db",
-            str(self.db_path),
-            "--experiment",
-            self.experiment,
-            "--idle-timeout",
-            str(self.idle_timeout),
-        ]
+        return worker_command(self.db_path, self.experiment, self.idle_timeout)
 
     def ensure_started(self) -> None:
         """Start workers up to ``count``; ones that exited (idle) are replaced."""
@@ -66,11 +78,7 @@ class LocalWorkers:
             return
         self.log_dir.mkdir(parents=True, exist_ok=True)
         gpus = visible_gpus()
-        env = dict(os.environ)
-        package_root = str(Path(dr_exp.__file__).resolve().parent.parent)
-        env["PYTHONPATH"] = os.pathsep.join(
-            [package_root] + [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p]
-        )
+        env = worker_env()
         stamp = time.strftime("%Y%m%d-%H%M%S")
         for _ in range(missing):
             slot = len(self.processes)

@@ -111,10 +111,30 @@ class FrameReader:
         return messages
 
 
-def child_main(ctx: SweepContext, cwd: str, job: Job, want_returns: bool, fd: int) -> None:
+def die_with_parent(parent_pid: int) -> None:
+    """Have the kernel SIGKILL this process when the worker dies (Linux).
+
+    A SIGKILLed worker cannot stop its job, and its lease will expire and let
+    another worker run the job: the orphan must not outlive it.
+    """
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        try:
+            ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+        except (OSError, AttributeError):
+            return
+    if os.getppid() != parent_pid:  # the worker died before prctl took effect
+        os._exit(70)
+
+
+def child_main(
+    ctx: SweepContext, cwd: str, job: Job, want_returns: bool, fd: int, parent_pid: int
+) -> None:
     """Entry point of the forked job process; never returns."""
     code = 0
     try:
+        die_with_parent(parent_pid)
         os.setpgid(0, 0)  # the worker signals the whole job tree through this group
         for sig in FORWARDED_SIGNALS:
             signal.signal(sig, signal.SIG_DFL)

@@ -44,6 +44,9 @@ class LauncherSettings:
     idle_timeout: float = 10.0
     group_shared: bool = False
     max_attempts: int = 3
+    backend: str = "local"
+    workers_per_gpu: int = 1
+    slurm: dict = field(default_factory=dict)
 
     @classmethod
     def from_hydra(cls, raw: Mapping[str, Any]) -> LauncherSettings:
@@ -82,6 +85,24 @@ class LauncherSettings:
         max_attempts = raw.get("max_attempts", 3)
         if isinstance(max_attempts, bool) or not isinstance(max_attempts, int) or max_attempts < 1:
             raise bad("max_attempts", f"must be a whole number of 1 or more, got {max_attempts!r}")
+        backend = raw.get("backend", "local")
+        if backend not in ("local", "slurm"):
+            raise bad("backend", f"must be local or slurm, got {backend!r}")
+        workers_per_gpu = raw.get("workers_per_gpu", 1)
+        if (
+            isinstance(workers_per_gpu, bool)
+            or not isinstance(workers_per_gpu, int)
+            or workers_per_gpu < 1
+        ):
+            raise bad(
+                "workers_per_gpu", f"must be a whole number of 1 or more, got {workers_per_gpu!r}"
+            )
+        slurm = dict(raw.get("slurm") or {})
+        array_size = slurm.get("array_size", 4)
+        if isinstance(array_size, bool) or not isinstance(array_size, int) or array_size < 1:
+            raise bad(
+                "slurm.array_size", f"must be a whole number of 1 or more, got {array_size!r}"
+            )
         db = raw.get("db")
         if db is not None and not str(db).strip():
             raise bad("db", "must be a path or null")
@@ -95,6 +116,9 @@ class LauncherSettings:
             idle_timeout=float(idle_timeout),
             group_shared=bool(raw.get("group_shared", False)),
             max_attempts=max_attempts,
+            backend=backend,
+            workers_per_gpu=workers_per_gpu,
+            slurm=slurm,
         )
 
 
@@ -146,7 +170,10 @@ class SweepSubmitter:
             )
             for num, overrides in numbered:
                 log.info(f"\t#{num} : {' '.join(filter_overrides(overrides))}")
-            self._start_workers(len(ids))
+            if self.settings.backend == "slurm":
+                self._submit_slurm()
+            else:
+                self._start_workers(len(ids))
             if not self.settings.wait:
                 self._print_monitor_hints(len(ids))
                 return [self._queued_return(o) for _, o in numbered]
@@ -178,6 +205,17 @@ class SweepSubmitter:
             want_returns=self.settings.wait,
         )
 
+    def _submit_slurm(self) -> None:
+        from dr_exp.slurm import submit_workers
+
+        submit_workers(
+            self.db_path,
+            self.settings.experiment,
+            self.settings.slurm,
+            workers_per_gpu=self.settings.workers_per_gpu,
+            supervisor={"idle_timeout": self.settings.idle_timeout},
+        )
+
     def _start_workers(self, n_jobs: int) -> None:
         count = self.settings.workers
         if count == 0:
@@ -200,21 +238,28 @@ class SweepSubmitter:
     # -- waiting -----------------------------------------------------------------
     def _wait(self, db: JobDB, ids: list[int]) -> None:
         bar = Progress(len(ids))
+        self._waiting_ids = ids
+        self._last_reap = time.monotonic()
         try:
             while True:
                 counts = db.progress(ids)
                 bar.show(counts)
                 if sum(counts.get(s, 0) for s in FINAL_STATUSES) == len(ids):
                     break
-                self._check_workers(counts)
+                self._check_workers(db, counts)
                 time.sleep(0.1)
         except KeyboardInterrupt:
             bar.close()
             self._interrupted(db, ids)
         bar.close()
 
-    def _check_workers(self, counts: dict[str, int]) -> None:
-        """Replace workers that went idle; fail loudly if ours keep dying."""
+    def _check_workers(self, db: JobDB, counts: dict[str, int]) -> None:
+        """Reap lost jobs, replace workers that went idle; fail loudly if ours keep dying."""
+        now = time.monotonic()
+        if now - self._last_reap > 5:
+            self._last_reap = now
+            if db.reap_expired():
+                counts = db.progress(self._waiting_ids)
         if self.workers is None or counts.get("pending", 0) == 0 or self.workers.alive():
             return
         crashed = self.workers.failed_exits()
@@ -243,6 +288,8 @@ class SweepSubmitter:
     def _print_monitor_hints(self, n: int) -> None:
         started = self.workers.alive() if self.workers else 0
         who = f"{started} local workers started" if started else "no workers started here"
+        if self.settings.backend == "slurm":
+            who = "SLURM workers submitted"
         print(
             f"dr_exp: {n} jobs queued for '{self.settings.experiment}' in {self.db_path} ({who}).\n"
             f"  watch:       dr_exp status --db {self.db_path}\n"

@@ -141,7 +141,7 @@ class Worker:
                 log.info("max-hours: too little time left to start another job; exiting")
                 break
             job = None
-            if finished is not None or self.db.has_pending(self.experiment):
+            if finished is not None or self.db.has_work(self.experiment):
                 job = self.db.claim(
                     self.worker_id, self.host, self.experiment, finished, lease_s=self.lease_s
                 )
@@ -228,10 +228,11 @@ class Worker:
         sys.stdout.flush()
         sys.stderr.flush()
         read_fd, write_fd = os.pipe()
+        parent_pid = os.getpid()
         pid = os.fork()
         if pid == 0:  # the job process
             os.close(read_fd)
-            child_main(ctx, ctx.cwd, job, ctx.want_returns, write_fd)  # type: ignore[attr-defined]
+            child_main(ctx, ctx.cwd, job, ctx.want_returns, write_fd, parent_pid)  # type: ignore[attr-defined]
         os.close(write_fd)
         try:
             os.setpgid(pid, pid)  # also here, so a signal sent right away reaches the group
@@ -281,6 +282,10 @@ class Worker:
         finally:
             os.close(read_fd)
             _, status = os.waitpid(pid, 0)
+        if stop_reason is None and self.stop_signal is not None:
+            # scancel signals the job and the worker at once: the job may be gone
+            # before this loop noticed our own signal.  It was stopped, not failed.
+            stop_reason = signal.Signals(self.stop_signal).name
 
         if stop_reason in ("cancelled", "lost"):
             log.info("job %s: %s while running; its process was stopped", job.id, stop_reason)

@@ -1,5 +1,7 @@
 #!/usr/bin/env bash
-# Install dr_exp with its test extras into .venv, lint, and run the whole test suite.
+# Install dr_exp with its test extras into .venv, start the project's own
+# single-node SLURM test cluster (as root; DR_EXP_TEST_SLURM=0 skips it), lint,
+# and run the whole test suite. Extra arguments go to pytest.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PYTHON="${PYTHON:-python3}"
@@ -7,6 +9,12 @@ PYTHON="${PYTHON:-python3}"
 .venv/bin/python -m pip install -q --upgrade pip
 .venv/bin/python -m pip install -q --config-settings editable_mode=compat -e '.[test]'
 export PATH="$PWD/.venv/bin:$PATH"
+
+if [ "${DR_EXP_TEST_SLURM:-1}" != 0 ] && [ "$(id -u)" = 0 ]; then
+    bash tests/slurm/slurm-up.sh
+else
+    echo "test.sh: not starting SLURM (needs root); the SLURM tests will skip" >&2
+fi
 
 ruff check .
 ruff format --check .

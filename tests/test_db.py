@@ -84,7 +84,7 @@ def test_claim_filters_by_experiment(tmp_path: Path) -> None:
     job = db.claim("w", "h", experiment="b")
     assert job is not None and job.id == b_id and job.experiment == "b"
     assert db.claim("w", "h", experiment="b") is None
-    assert db.has_pending("a") and not db.has_pending("b")
+    assert db.has_work("a") and not db.has_work("b")
 
 
 @pytest.mark.parametrize("bad", [1001, -1, "high", 3.5, True])

@@ -5,9 +5,39 @@ nothing beyond dataclasses and the ConfigStore.
 """
 
 from dataclasses import dataclass, field
-from typing import List, Optional
+from typing import Any, Dict, List, Optional
 
 from hydra.core.config_store import ConfigStore
+from hydra_plugins.hydra_submitit_launcher.config import BaseQueueConf
+
+
+@dataclass
+class DrExpSlurmConf(BaseQueueConf):
+    """hydra-submitit-launcher's submitit_slurm keys (a config ports over), plus array_size.
+
+    Each array task runs one node supervisor with workers_per_gpu workers per GPU.
+    """
+
+    submitit_folder: str = "${hydra.sweep.dir}/.submitit/%j"
+    name: str = "dr_exp-${hydra.job.name}"
+    # The most array tasks one submission asks for; fewer when fewer jobs are pending.
+    array_size: int = 4
+    partition: Optional[str] = None
+    qos: Optional[str] = None
+    comment: Optional[str] = None
+    constraint: Optional[str] = None
+    exclude: Optional[str] = None
+    gres: Optional[str] = None
+    cpus_per_gpu: Optional[int] = None
+    gpus_per_task: Optional[int] = None
+    mem_per_gpu: Optional[str] = None
+    mem_per_cpu: Optional[str] = None
+    account: Optional[str] = None
+    signal_delay_s: int = 120
+    max_num_timeout: int = 0
+    additional_parameters: Dict[str, Any] = field(default_factory=dict)
+    array_parallelism: int = 256
+    setup: Optional[List[str]] = None
 
 
 @dataclass
@@ -33,6 +63,11 @@ class DrExpLauncherConf:
     # A job whose worker vanishes (lease expired) is retried up to this many
     # attempts in all, then marked failed ("lost after N attempts").
     max_attempts: int = 3
+    # local: worker processes on this machine; slurm: a submitit job array of
+    # node supervisors (see slurm.*), each running workers_per_gpu workers per GPU.
+    backend: str = "local"
+    workers_per_gpu: int = 1
+    slurm: DrExpSlurmConf = field(default_factory=DrExpSlurmConf)
 
 
 ConfigStore.instance().store(

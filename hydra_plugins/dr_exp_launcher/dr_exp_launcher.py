@@ -25,7 +25,7 @@ class DrExpLauncher(Launcher):
         from dr_exp.submit import LauncherSettings, SweepSubmitter  # heavy: only when used
 
         raw = {
-            k: OmegaConf.to_object(v) if OmegaConf.is_config(v) else v
+            k: OmegaConf.to_container(v, resolve=True) if OmegaConf.is_config(v) else v
             for k, v in self.settings.items()
         }
         self.submitter = SweepSubmitter(

@@ -7,6 +7,9 @@ mode=kill    SIGKILLs its own process
 mode=segv    dereferences NULL
 mode=sysexit sys.exit(4)
 mode=leak    mutates module and process state, returns what it found first
+mode=env     returns the GPU and SLURM variables the job sees
+mode=exclusive  holds an exclusive lock on marker_dir/<x>.lock for `sleep` seconds;
+             appends to marker_dir/DOUBLE if another process of the same job holds it
 mode=sleep   sleeps `sleep` seconds or until marker_dir/release exists, returns x;
              writes marker_dir/<x>.start (its pid) and <x>.end
 """
@@ -44,6 +47,25 @@ def main(cfg: DictConfig):
         SEEN.append(cfg.x)
         os.environ["DR_EXP_TEST_LEAK"] = str(cfg.x)
         return found
+    if cfg.mode == "env":
+        keys = ("CUDA_VISIBLE_DEVICES", "SLURM_JOB_GPUS", "SLURM_STEP_GPUS", "SLURM_ARRAY_TASK_ID",
+                "SLURM_ARRAY_JOB_ID")  # fmt: skip
+        return {k: os.environ.get(k) for k in keys}
+    if cfg.mode == "exclusive":
+        import fcntl
+
+        Path(cfg.marker_dir).mkdir(parents=True, exist_ok=True)
+        with open(Path(cfg.marker_dir) / f"{cfg.x}.lock", "w") as lock:
+            try:
+                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                with open(Path(cfg.marker_dir) / "DOUBLE", "a") as f:
+                    f.write(f"{cfg.x} {os.getpid()}\n")
+                raise RuntimeError(f"job x={cfg.x} is already running elsewhere") from None
+            time.sleep(cfg.sleep)
+            with open(Path(cfg.marker_dir) / f"{cfg.x}.done", "a") as f:
+                f.write(f"{os.getpid()}\n")
+        return cfg.x
     if cfg.mode == "sleep":
         deadline = time.time() + cfg.sleep
         while time.time() < deadline:  # marker_dir/release ends every sleep early

@@ -1,0 +1,175 @@
+"""The worker fleet on one machine: leases, the node supervisor, crash loops, max-hours, chaos."""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from conftest import ROOT, run_app
+from test_worker import jobs, wait_for
+
+from dr_exp.db import JobDB
+
+APP = ROOT / "tests" / "apps" / "app.py"
+
+
+def queue(tmp_path: Path, *overrides: str) -> None:
+    run_app(APP, "-m", *overrides, "hydra/launcher=dr_exp", "hydra.launcher.wait=false",
+            "hydra.launcher.workers=0", cwd=tmp_path)  # fmt: skip
+
+
+def children(pid: int) -> list[int]:
+    try:
+        text = Path(f"/proc/{pid}/task/{pid}/children").read_text()
+    except OSError:
+        return []
+    return [int(p) for p in text.split()]
+
+
+def alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    try:  # a zombie is dead for our purposes
+        return Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z"
+    except OSError:
+        return False
+
+
+def dr_exp(*args: str, **kw) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "dr_exp", *args], stderr=subprocess.PIPE,
+                            text=True, **kw)  # fmt: skip
+
+
+def test_sigkilled_worker_job_is_recovered_after_its_lease(tmp_path: Path, db_path: Path) -> None:
+    markers = tmp_path / "m"
+    queue(tmp_path, "mode=exclusive", "sleep=3", "x=1", f"marker_dir={markers}")
+    first = dr_exp("worker", "--lease", "3", "--heartbeat", "0.5")
+    wait_for(lambda: (markers / "1.start").exists(), what="the job to start")
+    job_pid = int((markers / "1.start").read_text())
+    first.send_signal(signal.SIGKILL)
+    first.wait(30)
+    wait_for(lambda: not alive(job_pid), timeout=10, what="the orphaned job to die with its worker")
+    (row,) = jobs(db_path)
+    assert row["status"] == "running"  # nobody has noticed yet: the lease still runs
+    # An idle worker sees the expired lease as work: it reaps and reruns the job.
+    second = dr_exp("worker", "--lease", "3", "--heartbeat", "0.5", "--idle-timeout", "8")
+    _, err = second.communicate(timeout=120)
+    assert second.returncode == 0, err
+    (row,) = jobs(db_path)
+    assert (row["status"], row["attempts"], row["return_value"]) == ("completed", 2, 1)
+    db = JobDB.open(db_path, create=False)
+    history = [(a["outcome"], a["detail"] or "") for a in db.attempts(row["id"])]
+    assert history[0][0] == "lost" and "stopped renewing its lease" in history[0][1]
+    assert history[1][0] == "completed"
+    assert not (markers / "DOUBLE").exists()
+    assert len((markers / "1.done").read_text().split()) == 1  # only the second run finished
+
+
+def test_supervisor_restarts_a_dead_worker_then_stops_a_crash_loop(
+    tmp_path: Path, db_path: Path
+) -> None:
+    markers = tmp_path / "m"
+    queue(tmp_path, "mode=sleep", "sleep=120", "x=1", f"marker_dir={markers}")
+    sup = dr_exp("system", "launcher", "--cpu-workers", "1", "--crash-limit", "3",
+                 "--crash-window", "300", "--lease", "30", "--heartbeat", "1")  # fmt: skip
+    killed = []
+    deadline = time.monotonic() + 120
+    while sup.poll() is None and time.monotonic() < deadline:
+        workers = [p for p in children(sup.pid) if p not in killed]
+        if workers:
+            os.kill(workers[0], signal.SIGKILL)  # a worker dies, as if OOM-killed
+            killed.append(workers[0])
+        time.sleep(0.2)
+    _, err = sup.communicate(timeout=60)
+    assert len(killed) == 3  # restarted twice after deaths, then given up
+    assert sup.returncode == 1
+    assert "restarting in" in err
+    assert "crash-looped (3 failed exits" in err and "not restarting it" in err
+
+
+def test_max_hours_stops_new_claims_before_the_budget_ends(tmp_path: Path, db_path: Path) -> None:
+    queue(tmp_path, "mode=sleep", "sleep=0.5", "x=range(0,40)")
+    sup = dr_exp("system", "launcher", "--cpu-workers", "1", "--max-hours", "0.002",
+                 "--idle-timeout", "60")  # fmt: skip
+    _, err = sup.communicate(timeout=120)  # exits by itself, long before the idle timeout
+    assert sup.returncode == 0, err
+    assert "max-hours: too little time left" in err
+    statuses = [r["status"] for r in jobs(db_path)]
+    assert statuses.count("completed") >= 1
+    assert statuses.count("pending") >= 1 and "running" not in statuses
+
+
+def test_supervisor_pins_cuda_visible_devices_per_worker(tmp_path: Path, db_path: Path) -> None:
+    queue(tmp_path, "mode=env", "x=range(0,8)")
+    sup = dr_exp("system", "launcher", "--workers-per-gpu", "2", "--idle-timeout", "1",
+                 env={**os.environ, "CUDA_VISIBLE_DEVICES": "3,5"})  # fmt: skip
+    _, err = sup.communicate(timeout=120)
+    assert sup.returncode == 0, err
+    rows = jobs(db_path)
+    assert {r["status"] for r in rows} == {"completed"}
+    seen = {r["return_value"]["CUDA_VISIBLE_DEVICES"] for r in rows}
+    assert seen <= {"3", "5"}
+    db = JobDB.open(db_path, create=False)
+    workers = db._read("SELECT gpu FROM workers")
+    assert sorted(w["gpu"] for w in workers) == ["3", "3", "5", "5"]
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(900)
+def test_chaos_random_sigkills_lose_nothing_and_never_run_a_job_twice_at_once(
+    tmp_path: Path, db_path: Path
+) -> None:
+    markers = tmp_path / "m"
+    n = 300
+    queue(tmp_path, "mode=exclusive", "sleep=0.05", f"x=range(0,{n})", f"marker_dir={markers}",
+          "hydra.launcher.max_attempts=100")  # fmt: skip
+    supervisor_args = ["system", "launcher", "--cpu-workers", "4", "--lease", "2",
+                       "--heartbeat", "0.3", "--grace", "1", "--idle-timeout", "3",
+                       "--crash-limit", "100000", "--crash-window", "5"]  # fmt: skip
+    log = open(tmp_path / "supervisor.log", "w")  # a pipe nobody reads would block it
+    sup = subprocess.Popen([sys.executable, "-m", "dr_exp", *supervisor_args], stderr=log)
+    rng = random.Random(1234)
+    kills = {"worker": 0, "job": 0}
+
+    def open_jobs() -> int:
+        return sum(1 for r in jobs(db_path) if r["status"] in ("pending", "running"))
+
+    while open_jobs() and sup.poll() is None:
+        time.sleep(rng.uniform(0.5, 2.0))
+        workers = children(sup.pid)
+        job_procs = [c for w in workers for c in children(w)]
+        kind = rng.choice(["worker", "job"]) if job_procs else "worker"
+        victims = job_procs if kind == "job" else workers
+        if victims:
+            try:
+                os.kill(rng.choice(victims), signal.SIGKILL)
+                kills[kind] += 1
+            except ProcessLookupError:
+                pass
+    assert sup.wait(120) == 0, (tmp_path / "supervisor.log").read_text()[-3000:]
+    assert kills["worker"] >= 3 and kills["job"] >= 3, kills
+    # A job whose own process was SIGKILLed is failed, by design: retry those, as a
+    # researcher would, and let a worker finish them.
+    conn = sqlite3.connect(db_path)
+    failed = conn.execute("SELECT error FROM jobs WHERE status = 'failed'").fetchall()
+    assert all("killed by signal 9" in e for (e,) in failed), failed
+    conn.execute("UPDATE jobs SET status = 'pending' WHERE status = 'failed'")
+    conn.commit()
+    conn.close()
+    worker = subprocess.Popen([sys.executable, "-m", "dr_exp", "worker", "--idle-timeout", "1"],
+                              stderr=log)  # fmt: skip
+    assert worker.wait(300) == 0
+    rows = jobs(db_path)
+    assert len(rows) == n and {r["status"] for r in rows} == {"completed"}
+    assert sorted(r["return_value"] for r in rows) == list(range(n))
+    assert not (markers / "DOUBLE").exists(), (markers / "DOUBLE").read_text()
+    assert all((markers / f"{x}.done").exists() for x in range(n))
