@@ -50,6 +50,16 @@ def tasks_needed(pending: int, idle_workers: int, workers_per_task: int, array_s
     return min(array_size, math.ceil(uncovered / max(workers_per_task, 1)))
 
 
+def array_chunks(n_tasks: int, max_array_size: int) -> list[int]:
+    """Split ``n_tasks`` into arrays whose indices (0..k-1) stay below MaxArraySize.
+
+    SLURM's highest allowed index is MaxArraySize - 1; submitit writes
+    ``--array=0-{k-1}`` and never splits (submitit #1624).
+    """
+    limit = max(max_array_size, 1)
+    return [min(limit, n_tasks - start) for start in range(0, n_tasks, limit)]
+
+
 def executor_parameters(slurm: Mapping[str, Any]) -> dict[str, Any]:
     """Map submitit_slurm-style keys to ``AutoExecutor.update_parameters`` names."""
     params: dict[str, Any] = {}
@@ -118,14 +128,10 @@ def submit_workers(
     settings = SupervisorSettings(
         db_path=db_path, experiment=experiment, workers_per_gpu=workers_per_gpu, **sup
     )
-    limit = max_array_size()
     job_ids: list[str] = []
-    remaining = n_tasks
-    while remaining > 0:  # indices must stay below MaxArraySize: split into several arrays
-        chunk = min(remaining, limit)
+    for chunk in array_chunks(n_tasks, max_array_size()):
         jobs = executor.map_array(run_supervisor, [settings] * chunk)
         job_ids.append(str(jobs[0].job_id).split("_")[0])
-        remaining -= chunk
     log.info(
         "dr_exp: submitted %d SLURM array task(s) of %d worker(s) each: job(s) %s",
         n_tasks,

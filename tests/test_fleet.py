@@ -173,3 +173,25 @@ def test_chaos_random_sigkills_lose_nothing_and_never_run_a_job_twice_at_once(
     assert sorted(r["return_value"] for r in rows) == list(range(n))
     assert not (markers / "DOUBLE").exists(), (markers / "DOUBLE").read_text()
     assert all((markers / f"{x}.done").exists() for x in range(n))
+
+
+def test_array_sizing_follows_the_work_and_the_cluster_limit() -> None:
+    from dr_exp.slurm import array_chunks, executor_parameters, tasks_needed
+
+    assert tasks_needed(pending=20, idle_workers=0, workers_per_task=4, array_size=8) == 5
+    assert tasks_needed(pending=20, idle_workers=0, workers_per_task=4, array_size=2) == 2
+    assert tasks_needed(pending=3, idle_workers=3, workers_per_task=4, array_size=8) == 0
+    assert tasks_needed(pending=5, idle_workers=2, workers_per_task=2, array_size=8) == 2
+    # MaxArraySize=1001 allows indices 0..1000: arrays of at most 1001 tasks.
+    assert array_chunks(2500, 1001) == [1001, 1001, 498]
+    assert array_chunks(3, 1001) == [3]
+    assert array_chunks(7, 3) == [3, 3, 1]
+    # submitit_slurm keys map onto submitit's parameter names, as hydra-submitit-launcher does.
+    params = executor_parameters(
+        {"partition": "gpu", "gpus_per_node": 1, "timeout_min": 30, "setup": ["module load x"],
+         "additional_parameters": {"constraint": "a100"}, "array_size": 4, "qos": None}
+    )  # fmt: skip
+    assert params["slurm_partition"] == "gpu" and params["gpus_per_node"] == 1
+    assert params["timeout_min"] == 30 and params["slurm_setup"] == ["module load x"]
+    assert params["slurm_additional_parameters"] == {"constraint": "a100"}
+    assert "array_size" not in params and "slurm_qos" not in params
