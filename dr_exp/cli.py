@@ -30,6 +30,7 @@ examples:
   dr_exp cancel --tag probe           # cancel pending and running jobs by tag
   dr_exp retry --status failed        # queue failed jobs again
   dr_exp priority --tag main --boost 100
+  dr_exp results --experiment train --group-by optim.lr
 
 The database is --db, else P/.dr_exp/jobs.db with --base-path P, else $DR_EXP_DB,
 else .dr_exp/jobs.db in the current directory.
@@ -433,6 +434,19 @@ def _add_manage_commands(sub: Any) -> None:
     p.add_argument("--lines", type=int, default=50, help="lines of each log to show (50)")
     p.set_defaults(func=cmd_logs)
 
+    p = sub.add_parser(
+        "results",
+        help="one table of overrides and metrics, read from the jobs' output folders",
+        description="Rows come from the database's jobs (of --experiment), or, with --sweep, "
+        "from a sweep folder alone (a synced copy needs no database).",
+    )
+    _common(p, top=False)
+    p.add_argument("--sweep", help="read this sweep folder only; no database needed")
+    p.add_argument("--tag", action="append", default=[], help="only jobs with this tag")
+    p.add_argument("--group-by", help="columns to group by, e.g. optim.lr,model: mean/std/count")
+    p.add_argument("--format", choices=("table", "csv", "json"), default="table")
+    p.set_defaults(func=cmd_results)
+
 
 def _print_csv(rows: list[dict]) -> None:
     import csv
@@ -721,4 +735,27 @@ def cmd_logs(args: argparse.Namespace) -> int:
                 break
     except KeyboardInterrupt:
         pass
+    return 0
+
+
+def cmd_results(args: argparse.Namespace) -> int:
+    from dr_exp import results
+
+    if args.sweep is None and not _db_path(args).exists():
+        raise CLIError(f"no job database at {_db_path(args)}; use --sweep DIR to read a folder")
+    df = results.load(
+        experiment=args.experiment,
+        sweep_dir=args.sweep,
+        db=str(_db_path(args)),
+        group_by=args.group_by,
+        tags=args.tag,
+    )
+    if args.format == "json":
+        print(df.to_json(orient="records", indent=2))
+    elif args.format == "csv":
+        print(df.to_csv(index=False), end="")
+    elif df.empty:
+        print("no jobs")
+    else:
+        print(df.to_string(index=False))
     return 0
