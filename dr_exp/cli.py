@@ -31,6 +31,7 @@ examples:
   dr_exp retry --status failed        # queue failed jobs again
   dr_exp priority --tag main --boost 100
   dr_exp results --experiment train --group-by optim.lr
+  dr_exp --base-path P --experiment E submit --config baseline.yaml --seed 0 --priority 100
 
 The database is --db, else P/.dr_exp/jobs.db with --base-path P, else $DR_EXP_DB,
 else .dr_exp/jobs.db in the current directory.
@@ -60,7 +61,8 @@ def _common(parser: argparse.ArgumentParser, top: bool) -> None:
     parser.add_argument(
         "--base-path",
         default=default,
-        help="project folder: its .dr_exp/jobs.db is the database",
+        help="project folder: its .dr_exp/jobs.db is the database, and submitted jobs "
+        "write under its outputs/",
     )
 
 
@@ -447,6 +449,31 @@ def _add_manage_commands(sub: Any) -> None:
     p.add_argument("--format", choices=("table", "csv", "json"), default="table")
     p.set_defaults(func=cmd_results)
 
+    p = sub.add_parser(
+        "submit",
+        help="queue trainer jobs from a YAML config (no Hydra app needed)",
+        description="Queue one job per --seed (or one job) that runs a trainer function "
+        "train_model(job_id, worker_id, storage_path, **config). The trainer is --trainer, "
+        "else the config's 'trainer: pkg.module:fn', else 'trainer:' in <base-path>/dr_exp.yaml.",
+    )
+    _common(p, top=False)
+    p.add_argument("--config", required=True, help="YAML file, under <base-path>/--config-dir")
+    p.add_argument("--config-dir", default="configs/experiment", help="(configs/experiment)")
+    p.add_argument("--seed", nargs="+", help="one job per seed (seed=N)")
+    p.add_argument("--priority", default="500", help="0-1000, higher runs first (500)")
+    p.add_argument("--tags", default="", help="comma-separated tags")
+    p.add_argument("--trainer", help="pkg.module:function to call")
+    p.add_argument(
+        "--on-duplicate",
+        choices=("skip", "retry_failed", "always"),
+        default="retry_failed",
+        help="for a job that exists: skip it; queue it again if it failed or was cancelled "
+        "(the default); or always add a new job",
+    )
+    p.add_argument("--dry-run", action="store_true", help="check and show; write nothing")
+    p.add_argument("overrides", nargs="*", help="key=value overrides, e.g. optim.lr=0.1")
+    p.set_defaults(func=cmd_submit)
+
 
 def _print_csv(rows: list[dict]) -> None:
     import csv
@@ -758,4 +785,37 @@ def cmd_results(args: argparse.Namespace) -> int:
         print("no jobs")
     else:
         print(df.to_string(index=False))
+    return 0
+
+
+def cmd_submit(args: argparse.Namespace) -> int:
+    from dr_exp import api
+
+    if not args.experiment:
+        raise CLIError("submit needs --experiment (before or after 'submit')")
+    job: dict[str, Any] = {
+        "config": args.config,
+        "priority": args.priority,
+        "tags": [t.strip() for t in args.tags.split(",") if t.strip()],
+        "overrides": args.overrides,
+    }
+    jobs = [dict(job, seed=s) for s in args.seed] if args.seed else [job]
+    results = api.submit_jobs(
+        jobs,
+        experiment=args.experiment,
+        base_path=args.base_path,
+        db=str(_db_path(args)),
+        config_dir=args.config_dir,
+        trainer=args.trainer,
+        on_duplicate=args.on_duplicate,
+        dry_run=args.dry_run,
+    )
+    for r in results:
+        what = f"{Path(r['config']).name} {' '.join(r['overrides'])}".strip()
+        if r["action"] in ("queued", "requeued"):
+            print(f"{r['action']} job {r['id']}: {what} (priority {r['priority']})")
+        elif r["action"].startswith("would"):
+            print(f"{r['action']}{' job ' + str(r['id']) if r['id'] else ''}: {what}")
+        else:
+            print(f"skipped: job {r['id']} exists ({r['action']}): {what}")
     return 0

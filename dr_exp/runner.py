@@ -142,6 +142,8 @@ def run_in_this_process(
     report: Callable[[dict], None],
 ) -> dict:
     """Compose the job's config, call Hydra's ``run_job`` and describe the result."""
+    if hasattr(ctx, "run_job"):  # not a Hydra sweep: a trainer job (dr_exp.trainer)
+        return ctx.run_job(job, report)
     from hydra.core.hydra_config import HydraConfig
     from hydra.core.utils import JobStatus, run_job
     from omegaconf import OmegaConf, open_dict

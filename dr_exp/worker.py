@@ -28,7 +28,7 @@ import time
 from collections import OrderedDict
 from typing import Optional, Union
 
-from dr_exp import jobfiles, payload
+from dr_exp import jobfiles, payload, trainer
 from dr_exp.db import DEFAULT_LEASE_S, Job, JobDB, Outcome
 from dr_exp.gpu import GpuTelemetry
 from dr_exp.runner import (
@@ -186,6 +186,8 @@ class Worker:
         ctx: Union[SweepContext, str]
         if sweep is None:
             ctx = f"sweep {sweep_id} is missing from the database"
+        elif sweep.kind == "trainer":
+            ctx = trainer.TrainerContext.from_sweep(sweep)
         else:
             for entry in reversed(sweep.sys_path):
                 if entry not in sys.path:

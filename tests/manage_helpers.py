@@ -14,6 +14,7 @@ from conftest import ROOT, run_cli
 from dr_exp.db import JobDB
 
 MANAGED = ROOT / "tests" / "apps" / "managed.py"
+PROJECT = ROOT / "tests" / "project"
 # Workers in these tests renew leases fast, so cancellation lands quickly.
 FAST_WORKER = ("--heartbeat", "0.5", "--lease", "5", "--grace", "2")
 

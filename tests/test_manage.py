@@ -244,7 +244,7 @@ def test_global_base_path_and_experiment_options(tmp_path: Path, db_path: Path) 
 
 def test_help_lists_the_management_commands() -> None:
     out = run_cli("--help").stdout
-    for command in ("show", "cancel", "retry", "priority", "logs", "results"):
+    for command in ("show", "cancel", "retry", "priority", "logs", "results", "submit"):
         assert command in out
     assert "--base-path" in out
     assert "--wait" in run_cli("cancel", "--help").stdout
