@@ -6,10 +6,10 @@ import json
 import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 from conftest import ROOT, run_cli
+from test_worker import wait_for  # noqa: F401 - shared with the management tests
 
 from dr_exp.db import JobDB
 
@@ -33,15 +33,6 @@ def attempts(db_path: Path, job_id: int) -> list[dict]:
         return db.attempts(job_id)
     finally:
         db.close()
-
-
-def wait_for(predicate, timeout: float = 90.0, what: str = "condition") -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.1)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def cli_json(*args: str, cwd: Path | None = None):
