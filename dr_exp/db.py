@@ -151,10 +151,11 @@ class Job:
     overrides: list[str]
     attempts: int
     # Set when a later submission re-queued this job: that sweep's code and
-    # settings run it, while ``sweep_dir`` (its first sweep's folder) keeps its
-    # output folder where it was.
+    # settings run it, while ``sweep_dir`` and ``sweep_subdir`` keep its output
+    # folder where it was (the folder it ran in, else its first sweep's folder).
     run_sweep_id: Optional[int] = None
     sweep_dir: Optional[str] = None
+    sweep_subdir: Optional[str] = None
 
 
 @dataclass
@@ -732,18 +733,24 @@ class JobDB:
             )
             job = Job(row[0], row[1], row[2], row[3], json.loads(row[4]), row[5], row[6])
             if job.run_sweep_id is not None:
-                job.sweep_dir = self._first_sweep_dir(conn, job.sweep_id)
+                job.sweep_dir, job.sweep_subdir = self._first_folder(conn, job.id, job.sweep_id)
             return job
 
         return self._write(claim)
 
     @staticmethod
-    def _first_sweep_dir(conn: sqlite3.Connection, sweep_id: int) -> Optional[str]:
-        """The absolute folder of a job's first sweep, where a re-queued job writes again."""
+    def _first_folder(
+        conn: sqlite3.Connection, job_id: int, sweep_id: int
+    ) -> tuple[Optional[str], Optional[str]]:
+        """Where a re-queued job writes again: the folder it ran in before, split into
+        (sweep dir, subdir); else its first sweep's folder (absolute) and no subdir."""
+        ran_in = conn.execute("SELECT output_dir FROM jobs WHERE id = ?", (job_id,)).fetchone()
+        if ran_in and ran_in[0]:
+            return os.path.dirname(ran_in[0]), os.path.basename(ran_in[0])
         row = conn.execute("SELECT cwd, sweep_dir FROM sweeps WHERE id = ?", (sweep_id,)).fetchone()
         if row is None or not row[1]:
-            return None
-        return os.path.join(row[0], row[1])
+            return None, None
+        return os.path.join(row[0], row[1]), None
 
     def _end_attempt(
         self, conn: sqlite3.Connection, job_id: int, worker: Optional[str], outcome: str,

@@ -157,8 +157,10 @@ def run_in_this_process(
         with open_dict(sweep_config):
             sweep_config.hydra.job.id = job.id
             sweep_config.hydra.job.num = job.job_num
-            if job.sweep_dir:  # re-queued by a later sweep: back into its first folder
+            if job.sweep_dir:  # re-queued by a later sweep: back into its own folder
                 sweep_config.hydra.sweep.dir = job.sweep_dir
+            if job.sweep_subdir:
+                sweep_config.hydra.sweep.subdir = job.sweep_subdir
         HydraConfig.instance().set_config(sweep_config)
         output_dir = os.path.abspath(
             os.path.join(

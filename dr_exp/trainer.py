@@ -105,7 +105,7 @@ class TrainerContext:
         """In the forked job process: compose, call the trainer, record what it returned."""
         from dr_exp.runner import error_summary, to_json, write_error_file
 
-        output_dir = os.path.join(job.sweep_dir or self.sweep_dir, str(job.id))
+        output_dir = os.path.join(job.sweep_dir or self.sweep_dir, job.sweep_subdir or str(job.id))
         report({"output_dir": output_dir})
         try:
             os.chdir(self.cwd)

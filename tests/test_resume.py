@@ -47,7 +47,10 @@ def test_rerun_skips_finished_jobs_and_requeues_failed_and_cancelled_in_place(
     ]  # fmt: skip
 
     (broken / "2").rmdir()  # the "fix"; now run the same sweep again, seed 3 included
-    again = run_app(MANAGED, "-m", "seed=0,1,2,3", *sweep[2:], cwd=tmp_path)
+    # A new subdir pattern does not move the job that ran before (seed 2), while the
+    # job that never ran (seed 3) takes it, in its own first sweep's folder.
+    again = run_app(MANAGED, "-m", "seed=0,1,2,3", *sweep[2:], "hydra.sweep.subdir=s${hydra.job.num}",
+                    cwd=tmp_path)  # fmt: skip
     out = again.stdout + again.stderr
     assert "queued 0 jobs" in out
     assert "re-queued 2 failed or cancelled jobs" in out
@@ -70,7 +73,7 @@ def test_rerun_skips_finished_jobs_and_requeues_failed_and_cancelled_in_place(
     assert not (out2 / "error.txt").exists()
     assert f"num: {before['seed=2']['job_num']}" in (out2 / ".hydra" / "hydra.yaml").read_text()
     # The job that never ran went to its own sweep's folder, under its own number.
-    assert Path(after["seed=3"]["output_dir"]) == tmp_path / "queued_only" / "0"
+    assert Path(after["seed=3"]["output_dir"]) == tmp_path / "queued_only" / "s0"
 
     third = run_app(MANAGED, "-m", "seed=0,1,2,3", *sweep[2:], cwd=tmp_path)
     assert "skipped 4 existing jobs (4 completed)" in third.stdout + third.stderr
