@@ -1,7 +1,8 @@
-"""The ``dr_exp`` command line: watch the queue, list jobs, run workers.
+"""The ``dr_exp`` command line: watch the queue, list jobs, run workers, manage jobs.
 
 Every command finds the job database the way the launcher does: ``--db``,
-else ``$DR_EXP_DB``, else ``.dr_exp/jobs.db`` under the current directory.
+else ``<--base-path>/.dr_exp/jobs.db``, else ``$DR_EXP_DB``, else
+``.dr_exp/jobs.db`` under the current directory (``_db_path``).
 """
 
 from __future__ import annotations
@@ -13,9 +14,10 @@ import logging
 import os
 import sys
 import time
+from pathlib import Path
 from typing import Any, Optional, Sequence
 
-from dr_exp.db import STATUSES, DatabaseError, JobDB, resolve_db_path
+from dr_exp.db import STATUSES, DatabaseError, JobDB, db_path_for
 
 EPILOG = """\
 examples:
@@ -24,8 +26,15 @@ examples:
   dr_exp list --status failed         # what went wrong, with error summaries
   dr_exp list --format json           # every job, for scripts
   dr_exp worker --experiment train    # drain the queue from another shell or node
+  dr_exp show 12                      # one job: config, attempts, error, log, events
+  dr_exp cancel --tag probe           # cancel pending and running jobs by tag
+  dr_exp retry --status failed        # queue failed jobs again
+  dr_exp priority --tag main --boost 100
+  dr_exp results --experiment train --group-by optim.lr
+  dr_exp --base-path P --experiment E submit --config baseline.yaml --seed 0 --priority 100
 
-The database is --db, else $DR_EXP_DB, else .dr_exp/jobs.db in the current directory.
+The database is --db, else P/.dr_exp/jobs.db with --base-path P, else $DR_EXP_DB,
+else .dr_exp/jobs.db in the current directory.
 """
 
 
@@ -48,6 +57,12 @@ def _common(parser: argparse.ArgumentParser, top: bool) -> None:
     )
     parser.add_argument(
         "--experiment", "-e", default=default, help="only this experiment (default: all)"
+    )
+    parser.add_argument(
+        "--base-path",
+        default=default,
+        help="project folder: its .dr_exp/jobs.db is the database, and submitted jobs "
+        "write under its outputs/",
     )
 
 
@@ -73,8 +88,9 @@ def build_parser() -> Parser:
         default="all",
         help=f"one of {', '.join(STATUSES)}, all; comma-separated for several (default: all)",
     )
-    p.add_argument("--format", choices=("table", "json"), default="table")
+    p.add_argument("--format", choices=("table", "json", "csv"), default="table")
     p.add_argument("--limit", type=int, default=None, help="show at most N jobs")
+    _filter_options(p)
     p.set_defaults(func=cmd_list)
 
     p = sub.add_parser(
@@ -121,6 +137,7 @@ def build_parser() -> Parser:
     _supervisor_options(p)
     _slurm_options(p)
     p.set_defaults(func=cmd_workers_submit)
+    _add_manage_commands(sub)
     return parser
 
 
@@ -234,8 +251,13 @@ def _lease_options(p: argparse.ArgumentParser) -> None:
 
 
 # -- helpers ------------------------------------------------------------------
+def _db_path(args: argparse.Namespace) -> Path:
+    """The database every command uses: --db, else --base-path's, else $DR_EXP_DB or ./.dr_exp."""
+    return db_path_for(getattr(args, "db", None), getattr(args, "base_path", None))
+
+
 def _open(args: argparse.Namespace) -> JobDB:
-    return JobDB.open(resolve_db_path(args.db), create=False)
+    return JobDB.open(_db_path(args), create=False)
 
 
 def _iso(ts: Optional[float]) -> Optional[str]:
@@ -382,9 +404,18 @@ def cmd_list(args: argparse.Namespace) -> int:
     if args.limit is not None and args.limit < 1:
         raise CLIError("--limit must be 1 or more")
     db = _open(args)
-    jobs = db.list_jobs(statuses=statuses, experiment=args.experiment, limit=args.limit)
+    jobs = db.list_jobs(
+        statuses=statuses,
+        experiment=args.experiment,
+        limit=args.limit,
+        tags=args.tag or None,
+        sweep_ids=_sweep_ids(db, args.sweep) if args.sweep else None,
+    )
     if args.format == "json":
         print(json.dumps([_job_json(j) for j in jobs], indent=2))
+        return 0
+    if args.format == "csv":
+        _print_csv([_job_json(j) for j in jobs])
         return 0
     if not jobs:
         print("no jobs")
@@ -492,7 +523,7 @@ def cmd_supervisor(args: argparse.Namespace) -> int:
     _open(args).close()  # fail here, once, rather than in every worker
     return NodeSupervisor(
         SupervisorSettings(
-            db_path=resolve_db_path(args.db),
+            db_path=_db_path(args),
             experiment=args.experiment,
             workers_per_gpu=args.workers_per_gpu,
             **settings,
@@ -528,7 +559,7 @@ def cmd_workers_submit(args: argparse.Namespace) -> int:
         "name": args.name,
     }
     ids = submit_workers(
-        resolve_db_path(args.db),
+        _db_path(args),
         args.experiment,
         slurm,
         workers_per_gpu=args.workers_per_gpu,
@@ -553,3 +584,461 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     except BrokenPipeError:  # `dr_exp list | head`
         code = 0
     raise SystemExit(code)
+
+
+# -- managing jobs ------------------------------------------------------------------
+def _filter_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--tag",
+        action="append",
+        default=[],
+        help="only jobs with this tag; repeat it for jobs that carry every one",
+    )
+    p.add_argument("--sweep", help="only jobs of this sweep: its id, or its folder")
+
+
+def _selector_options(p: argparse.ArgumentParser, statuses: str) -> None:
+    p.add_argument("ids", nargs="*", help="job ids: 3 5 7-9 (or select with the options)")
+    p.add_argument("--status", help=f"only jobs with this status ({statuses}); comma-separated")
+    _filter_options(p)
+
+
+def _add_manage_commands(sub: Any) -> None:
+    p = sub.add_parser(
+        "show",
+        help="one job: overrides, config, attempts, output folder, error, log and events",
+    )
+    _common(p, top=False)
+    p.add_argument("id", help="job id")
+    p.add_argument("--lines", type=int, default=10, help="lines of error.txt and log (10)")
+    p.add_argument("--format", choices=("table", "json"), default="table")
+    p.set_defaults(func=cmd_show)
+
+    p = sub.add_parser(
+        "cancel",
+        help="cancel pending jobs, and stop and cancel running ones",
+        description="A pending job becomes cancelled. A running job is marked cancelled; its "
+        "worker terminates the job's process at its next heartbeat and confirms, which this "
+        "command waits for (--wait).",
+    )
+    _common(p, top=False)
+    _selector_options(p, "pending, running")
+    p.add_argument(
+        "--wait",
+        type=float,
+        default=15.0,
+        help="seconds to wait for workers to confirm running jobs stopped; 0: don't (15)",
+    )
+    p.set_defaults(func=cmd_cancel)
+
+    p = sub.add_parser(
+        "retry",
+        help="move failed or cancelled jobs back to pending (attempt history kept)",
+    )
+    _common(p, top=False)
+    _selector_options(p, "failed, cancelled")
+    p.add_argument(
+        "--attempts", type=int, default=3, help="attempts each retried job gets (default 3)"
+    )
+    p.set_defaults(func=cmd_retry)
+
+    p = sub.add_parser("priority", help="set or boost the priority (0-1000) of jobs")
+    _common(p, top=False)
+    _selector_options(p, "any")
+    how = p.add_mutually_exclusive_group(required=True)
+    how.add_argument("--set", type=int, dest="set_to", metavar="N", help="new priority, 0-1000")
+    how.add_argument("--boost", type=int, metavar="N", help="add N (negative lowers)")
+    p.set_defaults(func=cmd_priority)
+
+    p = sub.add_parser(
+        "logs", help="a job's log file(s) and structured events; -f follows them until it ends"
+    )
+    _common(p, top=False)
+    p.add_argument("id", help="job id")
+    p.add_argument("-f", "--follow", action="store_true", help="follow until the job ends")
+    p.add_argument("--lines", type=int, default=50, help="lines of each log to show (50)")
+    p.set_defaults(func=cmd_logs)
+
+    p = sub.add_parser(
+        "results",
+        help="one table of overrides and metrics, read from the jobs' output folders",
+        description="Rows come from the database's jobs (of --experiment), or, with --sweep, "
+        "from a sweep folder alone (a synced copy needs no database).",
+    )
+    _common(p, top=False)
+    p.add_argument("--sweep", help="read this sweep folder only; no database needed")
+    p.add_argument("--tag", action="append", default=[], help="only jobs with this tag")
+    p.add_argument("--group-by", help="columns to group by, e.g. optim.lr,model: mean/std/count")
+    p.add_argument("--format", choices=("table", "csv", "json"), default="table")
+    p.set_defaults(func=cmd_results)
+
+    p = sub.add_parser(
+        "submit",
+        help="queue trainer jobs from a YAML config (no Hydra app needed)",
+        description="Queue one job per --seed (or one job) that runs a trainer function "
+        "train_model(job_id, worker_id, storage_path, **config). The trainer is --trainer, "
+        "else the config's 'trainer: pkg.module:fn', else 'trainer:' in <base-path>/dr_exp.yaml.",
+    )
+    _common(p, top=False)
+    p.add_argument("--config", required=True, help="YAML file, under <base-path>/--config-dir")
+    p.add_argument("--config-dir", default="configs/experiment", help="(configs/experiment)")
+    p.add_argument("--seed", nargs="+", help="one job per seed (seed=N)")
+    p.add_argument("--priority", default="500", help="0-1000, higher runs first (500)")
+    p.add_argument("--tags", default="", help="comma-separated tags")
+    p.add_argument("--trainer", help="pkg.module:function to call")
+    p.add_argument(
+        "--on-duplicate",
+        choices=("skip", "retry_failed", "always"),
+        default="retry_failed",
+        help="for a job that exists: skip it; queue it again if it failed or was cancelled "
+        "(the default); or always add a new job",
+    )
+    p.add_argument("--dry-run", action="store_true", help="check and show; write nothing")
+    p.add_argument("overrides", nargs="*", help="key=value overrides, e.g. optim.lr=0.1")
+    p.set_defaults(func=cmd_submit)
+
+
+def _print_csv(rows: list[dict]) -> None:
+    import csv
+
+    if not rows:
+        return
+    writer = csv.DictWriter(sys.stdout, fieldnames=list(rows[0]), lineterminator="\n")
+    writer.writeheader()
+    for row in rows:
+        writer.writerow(
+            {
+                k: " ".join(map(str, v)) if isinstance(v, list) and k != "return_value"
+                else json.dumps(v) if isinstance(v, (dict, list))
+                else v
+                for k, v in row.items()
+            }
+        )  # fmt: skip
+
+
+def _parse_id(text: str) -> int:
+    if not text.strip().isdigit():
+        raise CLIError(f"bad job id {text!r}; give a number like 3")
+    return int(text)
+
+
+def _parse_ids(tokens: Sequence[str]) -> list[int]:
+    """``3 5,6 7-9`` -> [3, 5, 6, 7, 8, 9]."""
+    ids: list[int] = []
+    for token in tokens:
+        for part in token.split(","):
+            if not part.strip():
+                continue
+            low, sep, high = part.partition("-")
+            if sep:
+                a, b = _parse_id(low), _parse_id(high)
+                if b < a:
+                    raise CLIError(f"bad id range {part!r}")
+                ids.extend(range(a, b + 1))
+            else:
+                ids.append(_parse_id(part))
+    return list(dict.fromkeys(ids))
+
+
+def _sweep_ids(db: JobDB, value: str) -> list[int]:
+    """A sweep named by its id or by its folder (as Hydra printed it)."""
+    sweeps = db.sweeps()
+    if value.strip().isdigit():
+        if not any(s["id"] == int(value) for s in sweeps):
+            raise CLIError(f"no sweep with id {value}")
+        return [int(value)]
+    wanted = Path(value).expanduser().resolve()
+    found = [
+        s["id"]
+        for s in sweeps
+        if s["sweep_dir"] and Path(s["cwd"], s["sweep_dir"]).resolve() == wanted
+    ]
+    if not found:
+        raise CLIError(f"no sweep with folder {value}")
+    return found
+
+
+def _select(db: JobDB, args: argparse.Namespace, allowed: Sequence[str], verb: str):
+    """The jobs a cancel/retry/priority command acts on, and whether ids named them."""
+    ids = _parse_ids(args.ids)
+    statuses = _parse_statuses(args.status) if args.status else None
+    for s in statuses or ():
+        if s not in allowed:
+            raise CLIError(f"cannot {verb} {s} jobs; only {', '.join(allowed)} ones")
+    if not (ids or args.tag or statuses or args.sweep):
+        raise CLIError(f"say which jobs to {verb}: ids, --tag, --status or --sweep")
+    if ids:
+        known = {j["id"] for j in db.list_jobs(ids=ids)}
+        missing = [i for i in ids if i not in known]
+        if missing:
+            raise CLIError(f"no job with id {missing[0]}")
+    rows = db.list_jobs(
+        ids=ids or None,
+        statuses=statuses or (None if ids else list(allowed)),
+        experiment=args.experiment,
+        tags=args.tag or None,
+        sweep_ids=_sweep_ids(db, args.sweep) if args.sweep else None,
+    )
+    return [r["id"] for r in rows], bool(ids)
+
+
+def cmd_cancel(args: argparse.Namespace) -> int:
+    if args.wait < 0:
+        raise CLIError("--wait must be 0 or more seconds")
+    db = _open(args)
+    ids, explicit = _select(db, args, ("pending", "running"), "cancel")
+    if not ids:
+        print("no pending or running jobs matched; nothing cancelled")
+        return 0
+    done = db.cancel(ids, strict=explicit)
+    print(f"cancelled {len(done['pending'])} pending job(s): {_id_list(done['pending'])}")
+    running = done["running"]
+    if not running:
+        return 0
+    print(f"cancelled {len(running)} running job(s): {_id_list(running)}; stopping them")
+    deadline = time.monotonic() + args.wait
+    while True:
+        last = db.last_attempts(running)
+        acked = {i for i, a in last.items() if a["ended"] is not None}
+        if len(acked) == len(running) or time.monotonic() >= deadline:
+            break
+        time.sleep(0.2)
+    for job_id in running:
+        attempt = last.get(job_id) or {}
+        if job_id in acked:
+            print(f"job {job_id}: stopped by worker {attempt.get('worker')} ({attempt['outcome']})")
+        else:
+            print(
+                f"dr_exp: job {job_id}: worker {attempt.get('worker')} has not confirmed yet; "
+                "it stops the job at its next heartbeat",
+                file=sys.stderr,
+            )
+    return 0
+
+
+def _id_list(ids: Sequence[int], limit: int = 20) -> str:
+    text = " ".join(map(str, ids[:limit]))
+    return text + (f" ... ({len(ids) - limit} more)" if len(ids) > limit else "") or "-"
+
+
+def cmd_retry(args: argparse.Namespace) -> int:
+    if args.attempts < 1:
+        raise CLIError("--attempts must be 1 or more")
+    db = _open(args)
+    ids, explicit = _select(db, args, ("failed", "cancelled"), "retry")
+    retried = db.retry(ids, attempts=args.attempts, strict=explicit) if ids else []
+    print(f"moved {len(retried)} job(s) back to pending: {_id_list(retried)}")
+    return 0
+
+
+def cmd_priority(args: argparse.Namespace) -> int:
+    from dr_exp.db import validate_priority
+
+    if args.set_to is not None:
+        validate_priority(args.set_to)
+    db = _open(args)
+    ids, _ = _select(db, args, STATUSES, "reprioritize")
+    changes = db.set_priority(ids, value=args.set_to, boost=args.boost) if ids else []
+    for job_id, old, new in changes:
+        print(f"job {job_id}: priority {old} -> {new}")
+    if not changes:
+        print("no jobs matched; nothing changed")
+    return 0
+
+
+def _job_or_error(db: JobDB, text: str) -> dict:
+    job = db.get_job(_parse_id(text))
+    if job is None:
+        raise CLIError(f"no job with id {text}")
+    return job
+
+
+def _tail(path: Path, lines: int) -> list[str]:
+    try:
+        return path.read_text(errors="replace").splitlines()[-lines:] if lines else []
+    except OSError:
+        return []
+
+
+def _log_files(folder: Optional[Path]) -> list[Path]:
+    return sorted(folder.glob("*.log")) if folder and folder.is_dir() else []
+
+
+def cmd_show(args: argparse.Namespace) -> int:
+    from dr_exp import jobfiles
+    from dr_exp.utils import format_event, read_events
+
+    if args.lines < 0:
+        raise CLIError("--lines must be 0 or more")
+    db = _open(args)
+    job = _job_or_error(db, args.id)
+    attempts = db.attempts(job["id"])
+    folder = Path(job["output_dir"]) if job["output_dir"] else None
+    config_file = folder / ".hydra" / "config.yaml" if folder else None
+    config = config_file.read_text() if config_file and config_file.exists() else None
+    error_tail = _tail(folder / jobfiles.ERROR_FILE, args.lines) if folder else []
+    logs = {str(p): _tail(p, args.lines) for p in _log_files(folder)}
+    events = read_events(folder)[-args.lines :] if folder and args.lines else []
+    if args.format == "json":
+        out = _job_json(job)
+        out.update(
+            config=config,
+            attempts=[
+                dict(a, started=_iso(a["started"]), ended=_iso(a["ended"])) for a in attempts
+            ],
+            error_tail=error_tail,
+            logs=logs,
+            events=events,
+        )
+        print(json.dumps(out, indent=2, default=str))
+        return 0
+    print(f"job {job['id']}  experiment {job['experiment']}  sweep {job['sweep_id']} "
+          f"({job['kind']} {job['app']})  job #{job['job_num']}")  # fmt: skip
+    result = job["error"] if job["status"] == "failed" else job["return_value"]
+    print(f"status:     {job['status']}" + (f"  ({json.dumps(result)})" if result else ""))
+    print(f"priority:   {job['priority']}   tags: {', '.join(job['tags']) or '-'}")
+    print(f"overrides:  {' '.join(job['overrides']) or '-'}")
+    print(f"created:    {_iso(job['created'])}   started: {_iso(job['started']) or '-'}   "
+          f"ended: {_iso(job['ended']) or '-'}")  # fmt: skip
+    print(f"attempts:   {job['attempts']} of {job['max_attempts']}")
+    print(f"output:     {job['output_dir'] or '(none yet)'}")
+    if attempts:
+        print("\nattempts:")
+        rows = [
+            [a["attempt"], a["worker"], a["host"], _iso(a["started"]), _iso(a["ended"]),
+             a["outcome"] or "(running)", a["detail"]]
+            for a in attempts
+        ]  # fmt: skip
+        print(_indent(_table(["#", "worker", "host", "started", "ended", "exit", "detail"], rows)))
+    print(f"\nconfig ({config_file}):" if config else "\nconfig: (composed when the job runs)")
+    if config:
+        print(_indent(config.rstrip()))
+    if error_tail:
+        print(f"\nerror.txt (last {len(error_tail)} lines):")
+        print(_indent("\n".join(error_tail)))
+    for path, lines in logs.items():
+        print(f"\nlog {path} (last {len(lines)} lines):")
+        print(_indent("\n".join(lines)) if lines else "  (empty)")
+    if events:
+        print(f"\nevents (last {len(events)}):")
+        print(_indent("\n".join(format_event(e) for e in events)))
+    return 0
+
+
+def _indent(text: str) -> str:
+    return "\n".join("  " + line for line in text.splitlines())
+
+
+def cmd_logs(args: argparse.Namespace) -> int:
+    from dr_exp import jobfiles
+    from dr_exp.db import FINAL_STATUSES
+    from dr_exp.utils import format_event
+
+    if args.lines < 0:
+        raise CLIError("--lines must be 0 or more")
+    db = _open(args)
+    job = _job_or_error(db, args.id)
+    offsets: dict[Path, int] = {}
+    shown: list[Path] = []  # the file whose lines were printed last, as tail -f heads them
+
+    def show_new(first: bool) -> None:
+        """Print the whole lines the job's logs and events gained since the last look."""
+        folder = Path(job["output_dir"]) if job["output_dir"] else None
+        if folder is None:
+            return
+        for path in _log_files(folder) + [folder / jobfiles.EVENTS_FILE]:
+            if not path.exists():
+                continue
+            with open(path, "rb") as f:
+                f.seek(offsets.get(path, 0))
+                data = f.read()
+            data = data[: data.rfind(b"\n") + 1]  # a line still being written waits
+            offsets[path] = offsets.get(path, 0) + len(data)
+            lines = data.decode(errors="replace").splitlines()
+            if first:
+                lines = lines[-args.lines :] if args.lines else []
+            if path.name == jobfiles.EVENTS_FILE:
+                events = []
+                for line in lines:
+                    try:
+                        events.append(format_event(json.loads(line)))
+                    except ValueError:
+                        continue
+                lines = events
+            if lines:
+                if shown != [path]:
+                    print(f"==> {path} <==")
+                    shown[:] = [path]
+                print("\n".join(lines), flush=True)
+
+    if not job["output_dir"] and not args.follow:
+        print(f"job {job['id']} is {job['status']} and has no output folder yet")
+        return 0
+    show_new(first=True)
+    try:
+        while args.follow:
+            done = job["status"] in FINAL_STATUSES
+            time.sleep(0.5)
+            job = db.get_job(job["id"]) or job
+            show_new(first=not offsets)
+            if done:
+                break
+    except KeyboardInterrupt:
+        pass
+    return 0
+
+
+def cmd_results(args: argparse.Namespace) -> int:
+    from dr_exp import results
+
+    if args.sweep is None and not _db_path(args).exists():
+        raise CLIError(f"no job database at {_db_path(args)}; use --sweep DIR to read a folder")
+    df = results.load(
+        experiment=args.experiment,
+        sweep_dir=args.sweep,
+        db=str(_db_path(args)),
+        group_by=args.group_by,
+        tags=args.tag,
+    )
+    if args.format == "json":
+        print(df.to_json(orient="records", indent=2))
+    elif args.format == "csv":
+        print(df.to_csv(index=False), end="")
+    elif df.empty:
+        print("no jobs")
+    else:
+        print(df.to_string(index=False))
+    return 0
+
+
+def cmd_submit(args: argparse.Namespace) -> int:
+    from dr_exp import api
+
+    if not args.experiment:
+        raise CLIError("submit needs --experiment (before or after 'submit')")
+    job: dict[str, Any] = {
+        "config": args.config,
+        "priority": args.priority,
+        "tags": [t.strip() for t in args.tags.split(",") if t.strip()],
+        "overrides": args.overrides,
+    }
+    jobs = [dict(job, seed=s) for s in args.seed] if args.seed else [job]
+    results = api.submit_jobs(
+        jobs,
+        experiment=args.experiment,
+        base_path=args.base_path,
+        db=str(_db_path(args)),
+        config_dir=args.config_dir,
+        trainer=args.trainer,
+        on_duplicate=args.on_duplicate,
+        dry_run=args.dry_run,
+    )
+    for r in results:
+        what = f"{Path(r['config']).name} {' '.join(r['overrides'])}".strip()
+        if r["action"] in ("queued", "requeued"):
+            print(f"{r['action']} job {r['id']}: {what} (priority {r['priority']})")
+        elif r["action"].startswith("would"):
+            print(f"{r['action']}{' job ' + str(r['id']) if r['id'] else ''}: {what}")
+        else:
+            print(f"skipped: job {r['id']} exists ({r['action']}): {what}")
+    return 0

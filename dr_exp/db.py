@@ -20,6 +20,7 @@ never see "database is locked".  Every change to a running job is guarded by
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import random
@@ -31,13 +32,17 @@ from typing import Any, Callable, Iterable, Optional, Sequence, TypeVar
 
 import sqlite_utils
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 STATUSES = ("pending", "running", "completed", "failed", "cancelled")
 FINAL_STATUSES = ("completed", "failed", "cancelled")
 PRIORITY_MIN, PRIORITY_MAX = 0, 1000
 DEFAULT_PRIORITY = 500
 DEFAULT_LEASE_S = 60.0  # a claimed job is lost when its worker misses renewing it this long
 DEFAULT_MAX_ATTEMPTS = 3
+# What a submission does with a job that already exists (same experiment, app and overrides):
+# skip: leave every existing job alone; retry_failed: skip completed, pending and running
+# jobs but queue failed and cancelled ones again; always: insert a new job every time.
+ON_DUPLICATE = ("skip", "retry_failed", "always")
 
 # Filesystems on which WAL's shared-memory index is unsafe (SQLite docs: WAL
 # needs every process on one host).  On these, dr_exp uses the rollback journal.
@@ -80,6 +85,13 @@ def resolve_db_path(explicit: Optional[str] = None, cwd: Optional[str] = None) -
     return path
 
 
+def db_path_for(db: Optional[str] = None, base_path: Optional[str] = None) -> Path:
+    """``db``, else ``<base_path>/.dr_exp/jobs.db`` (the seed's ``--base-path``), else as above."""
+    if not db and base_path:
+        return Path(os.path.expanduser(base_path)).absolute() / ".dr_exp" / "jobs.db"
+    return resolve_db_path(db)
+
+
 def filesystem_type(path: Path) -> Optional[str]:
     """The type of the mount holding ``path``, read from /proc/mounts (Linux)."""
     try:
@@ -111,6 +123,23 @@ def choose_journal_mode(path: Path) -> str:
     return "wal"
 
 
+def normalize_overrides(overrides: Iterable[str]) -> list[str]:
+    """Overrides as identity sees them: stripped and sorted, so their order does not matter."""
+    return sorted(o.strip() for o in overrides if o.strip())
+
+
+def job_identity(experiment: str, app: Optional[str], overrides: Iterable[str]) -> str:
+    """What makes two submissions the same job: experiment, app and overrides.
+
+    Priority and tags are deliberately left out, so re-running a sweep with a new
+    priority still finds the jobs it queued before.
+    """
+    text = json.dumps(
+        [experiment, app or "", normalize_overrides(overrides)], separators=(",", ":")
+    )
+    return hashlib.sha256(text.encode()).hexdigest()[:32]
+
+
 @dataclass
 class Job:
     """A claimed job: what a worker needs to run it."""
@@ -121,6 +150,37 @@ class Job:
     job_num: int
     overrides: list[str]
     attempts: int
+    # Set when a later submission re-queued this job: that sweep's code and
+    # settings run it, while ``sweep_dir`` and ``sweep_subdir`` keep its output
+    # folder where it was (the folder it ran in, else its first sweep's folder).
+    run_sweep_id: Optional[int] = None
+    sweep_dir: Optional[str] = None
+    sweep_subdir: Optional[str] = None
+
+
+@dataclass
+class Enqueued:
+    """What one submission did: an id per submitted job, in order, and why."""
+
+    ids: list[int]
+    # "queued" (a new row), "requeued" (a failed or cancelled job queued again),
+    # or the status of the existing job that was skipped.
+    actions: list[str]
+
+    @property
+    def queued(self) -> int:
+        return self.actions.count("queued")
+
+    @property
+    def requeued(self) -> int:
+        return self.actions.count("requeued")
+
+    def skipped(self) -> dict[str, int]:
+        out: dict[str, int] = {}
+        for action in self.actions:
+            if action not in ("queued", "requeued"):
+                out[action] = out.get(action, 0) + 1
+        return out
 
 
 @dataclass
@@ -145,6 +205,10 @@ class Sweep:
     signature: str
     want_returns: bool
     extra: dict = field(default_factory=dict)
+    kind: str = "hydra"  # hydra: a pickled Hydra sweep; trainer: a trainer function (spec)
+    spec: Optional[dict] = None
+    app: Optional[str] = None
+    sweep_dir: Optional[str] = None
 
 
 def _migrate_to_1(db: sqlite_utils.Database) -> None:
@@ -250,8 +314,30 @@ def _migrate_to_2(db: sqlite_utils.Database) -> None:
     )
 
 
+def _migrate_to_3(db: sqlite_utils.Database) -> None:
+    """Job identity (resume by re-running), sweep kinds (trainer jobs), re-run contexts."""
+    db["jobs"].add_column("identity", str)
+    db["jobs"].add_column("run_sweep_id", int)
+    db["sweeps"].add_column("kind", str, not_null_default="hydra")
+    db["sweeps"].add_column("spec", str)  # JSON, for kind 'trainer': config file, trainer
+    apps = dict(db.execute("SELECT id, app FROM sweeps").fetchall())
+    rows = db.execute("SELECT id, experiment, sweep_id, overrides FROM jobs").fetchall()
+    db.conn.executemany(
+        "UPDATE jobs SET identity = ? WHERE id = ?",
+        [
+            (job_identity(exp, apps.get(sweep_id), json.loads(overrides or "[]")), job_id)
+            for job_id, exp, sweep_id, overrides in rows
+        ],
+    )
+    db["jobs"].create_index(["experiment", "identity"], index_name="jobs_identity")
+
+
 # MIGRATIONS[i] takes a database at schema version i to version i + 1.
-MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [_migrate_to_1, _migrate_to_2]
+MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [
+    _migrate_to_1,
+    _migrate_to_2,
+    _migrate_to_3,
+]
 assert len(MIGRATIONS) == SCHEMA_VERSION
 
 
@@ -392,7 +478,10 @@ class JobDB:
         payload: bytes,
         signature: str,
         want_returns: bool,
+        kind: str = "hydra",
+        spec: Optional[dict] = None,
     ) -> int:
+        """A sweep: a signed Hydra payload, or (kind 'trainer') a JSON spec of what to run."""
         row = {
             "experiment": experiment,
             "app": app,
@@ -404,13 +493,15 @@ class JobDB:
             "want_returns": int(want_returns),
             "payload": payload,
             "signature": signature,
+            "kind": kind,
+            "spec": json.dumps(spec, sort_keys=True) if spec is not None else None,
         }
         return self._write(lambda conn: self.db["sweeps"].insert(row).last_pk)
 
     def get_sweep(self, sweep_id: int) -> Optional[Sweep]:
         rows = self._read(
-            "SELECT id, experiment, cwd, sys_path, payload, signature, want_returns "
-            "FROM sweeps WHERE id = ?",
+            "SELECT id, experiment, cwd, sys_path, payload, signature, want_returns, "
+            "kind, spec, app, sweep_dir FROM sweeps WHERE id = ?",
             (sweep_id,),
         )
         if not rows:
@@ -424,6 +515,10 @@ class JobDB:
             payload=r["payload"],
             signature=r["signature"],
             want_returns=bool(r["want_returns"]),
+            kind=r["kind"] or "hydra",
+            spec=json.loads(r["spec"]) if r["spec"] else None,
+            app=r["app"],
+            sweep_dir=r["sweep_dir"],
         )
 
     # -- enqueueing ------------------------------------------------------------
@@ -437,43 +532,156 @@ class JobDB:
         max_attempts: int = DEFAULT_MAX_ATTEMPTS,
     ) -> list[int]:
         """Insert a whole launch batch in one transaction; returns the new job ids in order."""
-        priority = validate_priority(priority)
+        return self.enqueue_batch(
+            sweep_id, experiment, jobs, priority, tags, max_attempts, on_duplicate="always"
+        ).ids
+
+    def enqueue_batch(
+        self,
+        sweep_id: int,
+        experiment: str,
+        jobs: Sequence[tuple[int, Sequence[str]]],
+        priority: int | Sequence[int] = DEFAULT_PRIORITY,
+        tags: Sequence[str] = (),
+        max_attempts: int = DEFAULT_MAX_ATTEMPTS,
+        on_duplicate: str = "retry_failed",
+    ) -> Enqueued:
+        """Submit a batch in one transaction, matching each job against the jobs already queued.
+
+        ``priority`` is one value for the batch or one per job.  A job whose
+        identity exists is skipped or re-queued as ``on_duplicate`` says (see
+        ON_DUPLICATE); a re-queued job keeps its row (id, job number, attempt
+        history and output folder) and takes this batch's priority and tags,
+        and this sweep's code runs it.
+        """
+        if on_duplicate not in ON_DUPLICATE:
+            raise ValueError(
+                f"on_duplicate must be one of {', '.join(ON_DUPLICATE)}, got {on_duplicate!r}"
+            )
+        if isinstance(priority, (list, tuple)):
+            if len(priority) != len(jobs):
+                raise ValueError(f"got {len(priority)} priorities for {len(jobs)} jobs")
+            priorities = [validate_priority(p) for p in priority]
+        else:
+            priorities = [validate_priority(priority)] * len(jobs)
         if isinstance(max_attempts, bool) or not isinstance(max_attempts, int) or max_attempts < 1:
             raise ValueError(
                 f"max_attempts must be a whole number of 1 or more, got {max_attempts!r}"
             )
         now = time.time()
         tags_json = json.dumps(list(tags))
-        rows = [
-            {
-                "experiment": experiment,
-                "sweep_id": sweep_id,
-                "job_num": num,
-                "overrides": json.dumps(list(overrides)),
-                "priority": priority,
-                "tags": tags_json,
-                "status": "pending",
-                "attempts": 0,
-                "max_attempts": max_attempts,
-                "created": now,
-            }
-            for num, overrides in jobs
-        ]
 
-        def insert(conn: sqlite3.Connection) -> list[int]:
-            first = conn.execute("SELECT coalesce(max(id), 0) FROM jobs").fetchone()[0] + 1
-            self.db["jobs"].insert_all(rows, batch_size=5000)
-            # We hold the write lock, so the batch got consecutive ids.
-            ids = [
-                r[0]
-                for r in conn.execute(
-                    "SELECT id FROM jobs WHERE id >= ? ORDER BY id", (first,)
-                ).fetchall()
-            ]
-            assert len(ids) == len(rows), "enqueue: inserted rows went missing"
-            return ids
+        def insert(conn: sqlite3.Connection) -> Enqueued:
+            app = conn.execute("SELECT app FROM sweeps WHERE id = ?", (sweep_id,)).fetchone()
+            if app is None:
+                raise ValueError(f"no sweep with id {sweep_id}")
+            identities = [job_identity(experiment, app[0], o) for _, o in jobs]
+            existing = (
+                self._existing(conn, experiment, identities, sweep_id)
+                if on_duplicate != "always"
+                else {}
+            )
+            ids: list[Optional[int]] = [None] * len(jobs)
+            actions = [""] * len(jobs)
+            rows = []
+            for i, ((num, overrides), identity) in enumerate(zip(jobs, identities)):
+                old = existing.get(identity)
+                if old is None:
+                    actions[i] = "queued"
+                    rows.append(
+                        {
+                            "experiment": experiment,
+                            "sweep_id": sweep_id,
+                            "job_num": num,
+                            "overrides": json.dumps(list(overrides)),
+                            "identity": identity,
+                            "priority": priorities[i],
+                            "tags": tags_json,
+                            "status": "pending",
+                            "attempts": 0,
+                            "max_attempts": max_attempts,
+                            "created": now,
+                        }
+                    )
+                    continue
+                ids[i] = old["id"]
+                if old["status"] in ("failed", "cancelled") and on_duplicate == "retry_failed":
+                    if self._requeue_finished(
+                        conn, old["id"], max_attempts, priorities[i], tags_json, sweep_id
+                    ):
+                        old["status"] = "pending"  # a second ask in this batch finds it pending
+                        actions[i] = "requeued"
+                        continue
+                actions[i] = old["status"]
+            if rows:
+                first = conn.execute("SELECT coalesce(max(id), 0) FROM jobs").fetchone()[0] + 1
+                self.db["jobs"].insert_all(rows, batch_size=5000)
+                # We hold the write lock, so the batch got consecutive ids.
+                new_ids = iter(
+                    r[0]
+                    for r in conn.execute(
+                        "SELECT id FROM jobs WHERE id >= ? ORDER BY id", (first,)
+                    ).fetchall()
+                )
+                for i, action in enumerate(actions):
+                    if action == "queued":
+                        ids[i] = next(new_ids)
+                assert next(new_ids, None) is None, "enqueue: unexpected rows"
+            assert all(i is not None for i in ids), "enqueue: inserted rows went missing"
+            return Enqueued(ids=ids, actions=actions)  # type: ignore[arg-type]
 
         return self._write(insert)
+
+    def _existing(
+        self,
+        conn: sqlite3.Connection,
+        experiment: str,
+        identities: Sequence[str],
+        sweep_id: Optional[int] = None,
+    ) -> dict[str, dict]:
+        """The newest job per identity that an earlier submission queued.
+
+        Jobs of ``sweep_id`` itself (queued or re-queued by it) do not count:
+        when one sweep asks for the same job twice (an optimizer's repeated
+        trial, ``x=1,1``), it runs twice, as under Hydra's basic launcher.
+        """
+        found: dict[str, dict] = {}
+        for job_id, identity, status in conn.execute(
+            "SELECT id, identity, status FROM jobs WHERE experiment = ? "
+            "AND identity IN (SELECT value FROM json_each(?)) "
+            "AND sweep_id IS NOT ? AND coalesce(run_sweep_id, -1) IS NOT ? ORDER BY id",
+            (experiment, json.dumps(list(set(identities))), sweep_id, sweep_id),
+        ):
+            found[identity] = {"id": job_id, "status": status}
+        return found
+
+    def existing_jobs(self, experiment: str, identities: Sequence[str]) -> dict[str, dict]:
+        """Read-only: which of ``identities`` already have a job (for dry runs)."""
+        return self._existing(self.conn, experiment, identities)
+
+    def _requeue_finished(
+        self,
+        conn: sqlite3.Connection,
+        job_id: int,
+        attempts_left: int,
+        priority: Optional[int] = None,
+        tags_json: Optional[str] = None,
+        run_sweep_id: Optional[int] = None,
+    ) -> bool:
+        """A failed or cancelled job back to pending: same row, history kept, fresh attempts."""
+        changed = conn.execute(
+            "UPDATE jobs SET status = 'pending', worker = NULL, host = NULL, started = NULL, "
+            "ended = NULL, lease_expires = NULL, error = NULL, return_value = NULL, "
+            "max_attempts = attempts + ?, priority = coalesce(?, priority), "
+            "tags = coalesce(?, tags), "
+            "run_sweep_id = CASE WHEN ? IS NULL THEN run_sweep_id "
+            "WHEN ? = sweep_id THEN NULL ELSE ? END "
+            "WHERE id = ? AND status IN ('failed', 'cancelled')",
+            (attempts_left, priority, tags_json, run_sweep_id, run_sweep_id, run_sweep_id, job_id),
+        ).rowcount
+        if changed:
+            conn.execute("DELETE FROM results WHERE job_id = ?", (job_id,))  # a stale return
+        return changed == 1
 
     # -- the worker's side -----------------------------------------------------
     _CLAIM = """
@@ -483,7 +691,7 @@ class JobDB:
          WHERE id = (SELECT id FROM jobs
                       WHERE status = 'pending' {experiment_filter}
                       ORDER BY priority DESC, id LIMIT 1)
-        RETURNING id, experiment, sweep_id, job_num, overrides, attempts
+        RETURNING id, experiment, sweep_id, job_num, overrides, attempts, run_sweep_id
     """
 
     def claim(
@@ -523,9 +731,26 @@ class JobDB:
                 "INSERT INTO attempts (job_id, attempt, worker, host, started) VALUES (?, ?, ?, ?, ?)",
                 (row[0], row[5], worker, host, now),
             )
-            return Job(row[0], row[1], row[2], row[3], json.loads(row[4]), row[5])
+            job = Job(row[0], row[1], row[2], row[3], json.loads(row[4]), row[5], row[6])
+            if job.run_sweep_id is not None:
+                job.sweep_dir, job.sweep_subdir = self._first_folder(conn, job.id, job.sweep_id)
+            return job
 
         return self._write(claim)
+
+    @staticmethod
+    def _first_folder(
+        conn: sqlite3.Connection, job_id: int, sweep_id: int
+    ) -> tuple[Optional[str], Optional[str]]:
+        """Where a re-queued job writes again: the folder it ran in before, split into
+        (sweep dir, subdir); else its first sweep's folder (absolute) and no subdir."""
+        ran_in = conn.execute("SELECT output_dir FROM jobs WHERE id = ?", (job_id,)).fetchone()
+        if ran_in and ran_in[0]:
+            return os.path.dirname(ran_in[0]), os.path.basename(ran_in[0])
+        row = conn.execute("SELECT cwd, sweep_dir FROM sweeps WHERE id = ?", (sweep_id,)).fetchone()
+        if row is None or not row[1]:
+            return None, None
+        return os.path.join(row[0], row[1]), None
 
     def _end_attempt(
         self, conn: sqlite3.Connection, job_id: int, worker: Optional[str], outcome: str,
@@ -733,8 +958,21 @@ class JobDB:
         statuses: Optional[Sequence[str]] = None,
         experiment: Optional[str] = None,
         limit: Optional[int] = None,
+        ids: Optional[Sequence[int]] = None,
+        tags: Optional[Sequence[str]] = None,
+        sweep_ids: Optional[Sequence[int]] = None,
     ) -> list[dict]:
+        """Jobs matching every filter given; ``tags``: jobs that carry all of them."""
         clauses, params = [], []
+        if ids is not None:
+            clauses.append("id IN (SELECT value FROM json_each(?))")
+            params.append(json.dumps([int(i) for i in ids]))
+        if sweep_ids is not None:
+            clauses.append("sweep_id IN (SELECT value FROM json_each(?))")
+            params.append(json.dumps([int(i) for i in sweep_ids]))
+        for tag in tags or ():
+            clauses.append("EXISTS (SELECT 1 FROM json_each(jobs.tags) WHERE value = ?)")
+            params.append(tag)
         if statuses:
             for s in statuses:
                 validate_status(s)
@@ -767,4 +1005,153 @@ class JobDB:
     def claim_sql(self, experiment: bool) -> str:
         return self._CLAIM.format(
             experiment_filter="AND experiment = :experiment" if experiment else ""
+        )
+
+    # -- managing jobs (the CLI's cancel, retry and priority) ------------------------
+    @staticmethod
+    def _statuses_of(conn: sqlite3.Connection, ids: Sequence[int]) -> dict[int, sqlite3.Row]:
+        """id -> (status, worker, lease_expires, priority); every id must exist."""
+        rows = conn.execute(
+            "SELECT id, status, worker, lease_expires, priority FROM jobs "
+            "WHERE id IN (SELECT value FROM json_each(?))",
+            (json.dumps([int(i) for i in ids]),),
+        ).fetchall()
+        found = {r[0]: r for r in rows}
+        missing = [i for i in ids if i not in found]
+        if missing:
+            raise ValueError(f"no job with id {missing[0]}")
+        return found
+
+    def cancel(self, ids: Sequence[int], strict: bool = True) -> dict[str, list[int]]:
+        """Cancel pending and running jobs in one transaction.
+
+        A pending job simply becomes cancelled.  A running job is marked
+        cancelled here, and its worker stops the job's process at its next
+        heartbeat, ending the attempt with outcome ``cancelled`` (see
+        ``last_attempts``).  A running job whose worker is gone (lease expired)
+        has its attempt ended here, since no worker will.  With ``strict``, a
+        job that is neither pending nor running is an error and nothing changes.
+        """
+
+        def cancel(conn: sqlite3.Connection) -> dict[str, list[int]]:
+            found = self._statuses_of(conn, ids)
+            if strict:
+                for job_id in ids:
+                    status = found[job_id][1]
+                    if status not in ("pending", "running"):
+                        raise ValueError(
+                            f"job {job_id} is {status}; only pending or running jobs "
+                            "can be cancelled"
+                        )
+            now = time.time()
+            done: dict[str, list[int]] = {"pending": [], "running": []}
+            for job_id, status, worker, lease_expires, _ in found.values():
+                if status not in ("pending", "running"):
+                    continue
+                changed = conn.execute(
+                    "UPDATE jobs SET status = 'cancelled', ended = ?, lease_expires = NULL "
+                    "WHERE id = ? AND status = ?",
+                    (now, job_id, status),
+                ).rowcount
+                if not changed:
+                    continue
+                done[status].append(job_id)
+                if status == "running" and (lease_expires or 0) < now:
+                    self._end_attempt(
+                        conn, job_id, worker, "cancelled", "cancelled after its worker was gone"
+                    )
+            return done
+
+        return self._write(cancel)
+
+    def retry(
+        self, ids: Sequence[int], attempts: int = DEFAULT_MAX_ATTEMPTS, strict: bool = True
+    ) -> list[int]:
+        """Move failed or cancelled jobs back to pending, keeping their attempt history.
+
+        Each gets ``attempts`` more attempts.  With ``strict``, any other status
+        (a running job above all) is an error and nothing changes.
+        """
+        if isinstance(attempts, bool) or not isinstance(attempts, int) or attempts < 1:
+            raise ValueError(f"attempts must be a whole number of 1 or more, got {attempts!r}")
+
+        def retry(conn: sqlite3.Connection) -> list[int]:
+            found = self._statuses_of(conn, ids)
+            if strict:
+                for job_id in ids:
+                    status = found[job_id][1]
+                    if status == "running":
+                        raise ValueError(f"job {job_id} is running; cancel it first, then retry it")
+                    if status not in ("failed", "cancelled"):
+                        raise ValueError(
+                            f"job {job_id} is {status}; only failed or cancelled jobs "
+                            "can be retried"
+                        )
+            return [
+                job_id for job_id in sorted(found) if self._requeue_finished(conn, job_id, attempts)
+            ]
+
+        return self._write(retry)
+
+    def set_priority(
+        self, ids: Sequence[int], value: Optional[int] = None, boost: Optional[int] = None
+    ) -> list[tuple[int, int, int]]:
+        """Set (``value``) or shift (``boost``) priorities; returns (id, old, new) per job.
+
+        Every new priority is validated before any is written.
+        """
+        if (value is None) == (boost is None):
+            raise ValueError("give either a priority to set or a boost")
+        if value is not None:
+            value = validate_priority(value)
+        if boost is not None and (isinstance(boost, bool) or not isinstance(boost, int)):
+            raise ValueError(f"boost must be a whole number, got {boost!r}")
+
+        def update(conn: sqlite3.Connection) -> list[tuple[int, int, int]]:
+            found = self._statuses_of(conn, ids)
+            changes = []
+            for job_id in sorted(found):
+                old = found[job_id][4]
+                new = value if value is not None else old + boost  # type: ignore[operator]
+                validate_priority(
+                    new, what=f"job {job_id}'s priority ({old} {boost:+d})" if boost else "priority"
+                )
+                changes.append((job_id, old, new))
+            conn.executemany(
+                "UPDATE jobs SET priority = ? WHERE id = ?", [(n, i) for i, _, n in changes]
+            )
+            return changes
+
+        return self._write(update)
+
+    def last_attempts(self, ids: Sequence[int]) -> dict[int, dict]:
+        """The latest attempt of each job (how ``cancel`` sees its worker's acknowledgement)."""
+        rows = self._read(
+            "SELECT job_id, attempt, worker, host, started, ended, outcome, detail FROM attempts "
+            "WHERE id IN (SELECT max(id) FROM attempts "
+            "WHERE job_id IN (SELECT value FROM json_each(?)) GROUP BY job_id)",
+            (json.dumps([int(i) for i in ids]),),
+        )
+        return {r["job_id"]: r for r in rows}
+
+    def get_job(self, job_id: int) -> Optional[dict]:
+        """One job with its sweep's app, kind and folder (for ``show`` and ``logs``)."""
+        rows = self.list_jobs(ids=[job_id])
+        if not rows:
+            return None
+        extra = self._read(
+            "SELECT j.identity, j.max_attempts, j.run_sweep_id, s.app, s.kind, s.cwd, "
+            "s.sweep_dir, s.spec FROM jobs j JOIN sweeps s ON s.id = j.sweep_id WHERE j.id = ?",
+            (job_id,),
+        )
+        job = rows[0]
+        if extra:
+            job.update(extra[0])
+            job["spec"] = json.loads(job["spec"]) if job["spec"] else None
+        return job
+
+    def sweeps(self) -> list[dict]:
+        """Every sweep's id, experiment, app, kind and folder (small: one row per sweep)."""
+        return self._read(
+            "SELECT id, experiment, app, kind, cwd, sweep_dir, created FROM sweeps ORDER BY id"
         )

@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Optional
 
+from dr_exp import jobfiles
 from dr_exp.db import Job
 
 FORWARDED_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1, signal.SIGUSR2)
@@ -139,9 +140,9 @@ def child_main(
         for sig in FORWARDED_SIGNALS:
             signal.signal(sig, signal.SIG_DFL)
         signal.set_wakeup_fd(-1)
-        send_frame(
-            fd, run_in_this_process(ctx, cwd, job, want_returns, lambda m: send_frame(fd, m))
-        )
+        result = run_in_this_process(ctx, cwd, job, want_returns, lambda m: send_frame(fd, m))
+        jobfiles.job_ended(result.get("output_dir"), result)
+        send_frame(fd, result)
     except BaseException:  # noqa: B036 - the job process must always exit here
         traceback.print_exc()
         code = 70
@@ -161,6 +162,8 @@ def run_in_this_process(
     report: Callable[[dict], None],
 ) -> dict:
     """Compose the job's config, call Hydra's ``run_job`` and describe the result."""
+    if hasattr(ctx, "run_job"):  # not a Hydra sweep: a trainer job (dr_exp.trainer)
+        return ctx.run_job(job, report)
     from hydra.core.hydra_config import HydraConfig
     from hydra.core.utils import JobStatus, run_job
     from omegaconf import OmegaConf, open_dict
@@ -174,6 +177,10 @@ def run_in_this_process(
         with open_dict(sweep_config):
             sweep_config.hydra.job.id = job.id
             sweep_config.hydra.job.num = job.job_num
+            if job.sweep_dir:  # re-queued by a later sweep: back into its own folder
+                sweep_config.hydra.sweep.dir = job.sweep_dir
+            if job.sweep_subdir:
+                sweep_config.hydra.sweep.subdir = job.sweep_subdir
         HydraConfig.instance().set_config(sweep_config)
         output_dir = os.path.abspath(
             os.path.join(
@@ -182,6 +189,7 @@ def run_in_this_process(
             )
         )
         report({"output_dir": output_dir})
+        jobfiles.job_started(output_dir, job)
         ret = run_job(
             hydra_context=ctx.hydra_context,
             task_function=ctx.task_function,

@@ -15,14 +15,22 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping, Optional, Sequence
+from typing import Any, Mapping, Optional, Sequence, Union
 
 from hydra.errors import CompactHydraException
 
-from dr_exp import payload
-from dr_exp.db import FINAL_STATUSES, JobDB, resolve_db_path, validate_priority
+from dr_exp import jobfiles, payload
+from dr_exp.db import (
+    FINAL_STATUSES,
+    ON_DUPLICATE,
+    Enqueued,
+    JobDB,
+    resolve_db_path,
+    validate_priority,
+)
 from dr_exp.local import LocalWorkers, default_worker_count, log_tail
 from dr_exp.runner import SweepContext
+from dr_exp.utils import import_function, split_function_name
 
 log = logging.getLogger("dr_exp")
 
@@ -47,6 +55,8 @@ class LauncherSettings:
     backend: str = "local"
     workers_per_gpu: int = 1
     slurm: dict = field(default_factory=dict)
+    on_duplicate: str = "retry_failed"
+    priority_fn: Optional[str] = None
 
     @classmethod
     def from_hydra(cls, raw: Mapping[str, Any]) -> LauncherSettings:
@@ -106,6 +116,17 @@ class LauncherSettings:
         db = raw.get("db")
         if db is not None and not str(db).strip():
             raise bad("db", "must be a path or null")
+        on_duplicate = raw.get("on_duplicate", "retry_failed")
+        if on_duplicate not in ON_DUPLICATE:
+            raise bad(
+                "on_duplicate", f"must be one of {', '.join(ON_DUPLICATE)}, got {on_duplicate!r}"
+            )
+        priority_fn = raw.get("priority_fn")
+        if priority_fn is not None:
+            try:
+                split_function_name(priority_fn, "a function")
+            except ValueError as e:
+                raise bad("priority_fn", str(e)) from None
         return cls(
             experiment=experiment.strip(),
             priority=priority,
@@ -119,6 +140,8 @@ class LauncherSettings:
             backend=backend,
             workers_per_gpu=workers_per_gpu,
             slurm=slurm,
+            on_duplicate=on_duplicate,
+            priority_fn=str(priority_fn) if priority_fn is not None else None,
         )
 
 
@@ -143,6 +166,12 @@ class SweepSubmitter:
                 f"hydra.launcher.wait=false returns before jobs run, but {sweeper.rsplit('.', 1)[-1]} "
                 "reads job results; use hydra.launcher.wait=true with it"
             )
+        self.priority_fn = None
+        if settings.priority_fn:
+            try:
+                self.priority_fn = import_function(settings.priority_fn, [os.getcwd()])
+            except ValueError as e:
+                raise SettingsError(f"hydra.launcher.priority_fn: {e}") from None
 
     # -- launching ---------------------------------------------------------------
     def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> list:
@@ -151,36 +180,81 @@ class SweepSubmitter:
         setup_globals()
         configure_log(self.config.hydra.hydra_logging, self.config.hydra.verbose)
         Path(str(self.config.hydra.sweep.dir)).mkdir(parents=True, exist_ok=True)
+        numbered = [(initial_job_idx + i, list(o)) for i, o in enumerate(job_overrides)]
+        priorities = self._priorities(numbered)  # before anything is written
         db = JobDB.open(self.db_path, group_shared=self.settings.group_shared)
         try:
             if self.sweep_id is None:
                 self.sweep_id = self._store_sweep(db)
-            numbered = [(initial_job_idx + i, list(o)) for i, o in enumerate(job_overrides)]
-            ids = db.enqueue(
+            done = db.enqueue_batch(
                 self.sweep_id,
                 self.settings.experiment,
                 numbered,
-                priority=self.settings.priority,
+                priority=priorities,
                 tags=self.settings.tags,
                 max_attempts=self.settings.max_attempts,
+                on_duplicate=self.settings.on_duplicate,
             )
-            log.info(
-                f"dr_exp: queued {len(ids)} jobs (ids {ids[0]}-{ids[-1]}) for experiment "
-                f"'{self.settings.experiment}' in {db.path}"
+            ids = done.ids
+            log.info(f"dr_exp: {_summary(done)} for experiment '{self.settings.experiment}' "
+                     f"in {db.path}")  # fmt: skip
+            for (num, overrides), job_id, action in zip(numbered, ids, done.actions):
+                note = (
+                    ""
+                    if action == "queued"
+                    else f" ({_ACTION_NOTES.get(action, 'skipped: ' + action)}, job {job_id})"
+                )
+                log.info(f"\t#{num} : {' '.join(filter_overrides(overrides))}{note}")
+            jobfiles.append_manifest(
+                Path(str(self.config.hydra.sweep.dir)),
+                [
+                    {"id": i, "experiment": self.settings.experiment, "job_num": n, "overrides": o}
+                    for (n, o), i, a in zip(numbered, ids, done.actions)
+                    if a == "queued"
+                ],
             )
-            for num, overrides in numbered:
-                log.info(f"\t#{num} : {' '.join(filter_overrides(overrides))}")
-            if self.settings.backend == "slurm":
+            to_run = len(
+                {i for i, a in zip(ids, done.actions) if a in ("queued", "requeued", "pending")}
+            )
+            if to_run and self.settings.backend == "slurm":
                 self._submit_slurm()
-            else:
-                self._start_workers(len(ids))
+            elif to_run:
+                self._start_workers(to_run)
             if not self.settings.wait:
                 self._print_monitor_hints(len(ids))
                 return [self._queued_return(o) for _, o in numbered]
-            self._wait(db, ids)
+            self._wait(db, list(dict.fromkeys(ids)))
             return self._collect(db, ids, numbered)
         finally:
             db.close()
+
+    def _priorities(self, numbered: list) -> Union[int, list[int]]:
+        """The batch's priority, or ``priority_fn`` of each job's composed config.
+
+        The function needs each job's config, so this composes every job once
+        more (about 40 ms each), and only when ``priority_fn`` is set.
+        """
+        if self.priority_fn is None:
+            return self.settings.priority
+        from omegaconf import open_dict, read_write
+
+        name = f"hydra.launcher.priority_fn: {self.settings.priority_fn}"
+        out = []
+        for num, overrides in numbered:
+            what = f"job #{num} ({' '.join(overrides) or 'no overrides'})"
+            cfg = self.hydra_context.config_loader.load_sweep_config(self.config, list(overrides))
+            with read_write(cfg), open_dict(cfg):
+                del cfg["hydra"]  # the job's own config, as the task function sees it
+            try:
+                value = self.priority_fn(cfg)
+            except Exception as e:
+                text = f"{type(e).__name__}: {e}".replace("\n", " ")
+                raise SettingsError(f"{name} raised {text} for {what}") from None
+            try:
+                out.append(validate_priority(value))
+            except ValueError as e:
+                raise SettingsError(f"{name} returned a bad priority for {what}: {e}") from None
+        return out
 
     def _store_sweep(self, db: JobDB) -> int:
         from hydra.core.singleton import Singleton
@@ -403,3 +477,21 @@ class Progress:
         if self.tty and self.last_text:
             self.stream.write("\n")
             self.stream.flush()
+
+
+_ACTION_NOTES = {"requeued": "re-queued", "pending": "skipped: already pending"}
+
+
+def _summary(done: Enqueued) -> str:
+    """How a batch went into the queue: new, re-queued and skipped jobs."""
+    new_ids = [i for i, a in zip(done.ids, done.actions) if a == "queued"]
+    parts = [
+        f"queued {done.queued} jobs" + (f" (ids {new_ids[0]}-{new_ids[-1]})" if new_ids else "")
+    ]
+    if done.requeued:
+        parts.append(f"re-queued {done.requeued} failed or cancelled jobs")
+    skipped = done.skipped()
+    if skipped:
+        detail = ", ".join(f"{n} {status}" for status, n in sorted(skipped.items()))
+        parts.append(f"skipped {sum(skipped.values())} existing jobs ({detail})")
+    return ", ".join(parts)

@@ -28,7 +28,7 @@ import time
 from collections import OrderedDict
 from typing import Optional, Union
 
-from dr_exp import payload
+from dr_exp import jobfiles, payload, trainer
 from dr_exp.db import DEFAULT_LEASE_S, Job, JobDB, Outcome
 from dr_exp.gpu import GpuTelemetry
 from dr_exp.runner import (
@@ -104,6 +104,7 @@ class Worker:
     # -- the loop ---------------------------------------------------------------
     def run(self) -> int:
         self._install_signal_handlers()
+        os.environ[jobfiles.ENV_WORKER_ID] = self.worker_id  # job processes inherit it
         self.db.register_worker(
             {
                 "id": self.worker_id,
@@ -185,6 +186,8 @@ class Worker:
         ctx: Union[SweepContext, str]
         if sweep is None:
             ctx = f"sweep {sweep_id} is missing from the database"
+        elif sweep.kind == "trainer":
+            ctx = trainer.TrainerContext.from_sweep(sweep)
         else:
             for entry in reversed(sweep.sys_path):
                 if entry not in sys.path:
@@ -206,17 +209,18 @@ class Worker:
 
     def run_job(self, job: Job) -> Optional[Outcome]:
         """Run ``job`` to an outcome; None when it was put back to pending."""
-        ctx = self._context(job.sweep_id)
+        sweep_id = job.run_sweep_id or job.sweep_id  # a re-queued job runs with its new sweep
+        ctx = self._context(sweep_id)
         if isinstance(ctx, str):
             log.error("job %s failed: %s", job.id, ctx)
             return Outcome(status="failed", error=ctx)
-        if self._active_sweep != job.sweep_id:
+        if self._active_sweep != sweep_id and isinstance(ctx, SweepContext):
             from hydra.core.singleton import Singleton
             from hydra.core.utils import setup_globals
 
             setup_globals()
             Singleton.set_state(ctx.singleton_state)  # done once here, inherited by each fork
-            self._active_sweep = job.sweep_id
+            self._active_sweep = sweep_id
         log.info("job %s: %s #%s %s", job.id, job.experiment, job.job_num, " ".join(job.overrides))
         started = time.monotonic()
         outcome = self._run_forked(ctx, job)

@@ -65,7 +65,10 @@ class TestDrExpLauncherBatched(BatchedSweeperTestSuite):
                     {"override hydra/hydra_logging": "hydra_debug"},
                     {"override hydra/job_logging": "disabled"},
                 ],
-                "hydra": {"launcher": {"idle_timeout": 2}},
+                # Some of these tests run one app twice with the same overrides and expect
+                # two runs; dr_exp's default skips a completed duplicate (resume by
+                # re-running, see test_resume.py), so this generic suite asks for `always`.
+                "hydra": {"launcher": {"idle_timeout": 2, "on_duplicate": "always"}},
             },
             ["-m"],
         )

@@ -63,6 +63,14 @@ class DrExpLauncherConf:
     # A job whose worker vanishes (lease expired) is retried up to this many
     # attempts in all, then marked failed ("lost after N attempts").
     max_attempts: int = 3
+    # A job that already exists (same experiment, app and overrides), when a sweep
+    # is run again: retry_failed skips completed, pending and running jobs and
+    # queues failed and cancelled ones again; skip skips them all; always adds
+    # new jobs.  Re-queued jobs keep their job number and output folder.
+    on_duplicate: str = "retry_failed"
+    # pkg.module:function called with each job's composed config; returns its
+    # priority (0-1000).  It costs one more composition per job (~40 ms).
+    priority_fn: Optional[str] = None
     # local: worker processes on this machine; slurm: a submitit job array of
     # node supervisors (see slurm.*), each running workers_per_gpu workers per GPU.
     backend: str = "local"

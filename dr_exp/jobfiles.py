@@ -1,0 +1,124 @@
+"""The files dr_exp keeps in output folders, so that results never need the database.
+
+Each job's output folder (a Hydra multirun folder, or a trainer job's folder)
+holds, beside Hydra's ``.hydra/`` and the job's own files:
+
+- ``job.json``: the job's id, experiment, overrides and status, written by the
+  job process when it starts (``running``) and again when it ends, with the
+  return value (``completed``) or the error summary (``failed``);
+- ``error.txt``: the traceback of a failed job;
+- ``events.jsonl``: the events of ``dr_exp.utils.StructuredLogger``;
+- ``metrics.json``: written by trainer jobs (and by apps that want to).
+
+Each sweep folder holds ``dr_exp_jobs.jsonl``, one line per job the sweep
+queued, so that a job that never produced a folder still shows as missing.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+from typing import Any, Iterable, Optional
+
+JOB_FILE = "job.json"
+ERROR_FILE = "error.txt"
+EVENTS_FILE = "events.jsonl"
+METRICS_FILE = "metrics.json"
+MANIFEST_FILE = "dr_exp_jobs.jsonl"
+
+# Set in each job's process, for StructuredLogger and for the job's own code.
+ENV_JOB_ID = "DR_EXP_JOB_ID"
+ENV_OUTPUT_DIR = "DR_EXP_OUTPUT_DIR"
+ENV_WORKER_ID = "DR_EXP_WORKER_ID"
+ENV_EXPERIMENT = "DR_EXP_EXPERIMENT"
+
+
+def write_json(path: Path, data: Any) -> None:
+    """Write atomically, so a reader on a synced copy never sees half a file."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(data, indent=2, default=str) + "\n")
+    os.replace(tmp, path)
+
+
+def job_started(output_dir: str, job: Any, worker_id: Optional[str] = None) -> None:
+    """In the job process, before the job runs: set the environment, write ``job.json``.
+
+    An earlier attempt's ``error.txt`` is removed, so the folder tells the truth
+    about this attempt.
+    """
+    os.environ[ENV_JOB_ID] = str(job.id)
+    os.environ[ENV_OUTPUT_DIR] = output_dir
+    os.environ[ENV_EXPERIMENT] = str(job.experiment)
+    folder = Path(output_dir)
+    folder.mkdir(parents=True, exist_ok=True)
+    try:
+        (folder / ERROR_FILE).unlink()
+    except FileNotFoundError:
+        pass
+    write_json(
+        folder / JOB_FILE,
+        {
+            "id": job.id,
+            "experiment": job.experiment,
+            "job_num": job.job_num,
+            "overrides": list(job.overrides),
+            "attempt": job.attempts,
+            "worker": worker_id or os.environ.get(ENV_WORKER_ID),
+            "status": "running",
+            "started": time.time(),
+        },
+    )
+
+
+def job_ended(output_dir: Optional[str], result: dict) -> None:
+    """In the job process, after the job ran: record its status and return value."""
+    if not output_dir:
+        return
+    path = Path(output_dir) / JOB_FILE
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        data = {}
+    return_json = result.get("return_json")
+    data.update(
+        status=result.get("status"),
+        ended=time.time(),
+        return_value=json.loads(return_json) if return_json else None,
+        error=result.get("error"),
+    )
+    try:
+        write_json(path, data)
+    except OSError:
+        pass
+
+
+def read_job_file(output_dir: Path) -> Optional[dict]:
+    try:
+        return json.loads((Path(output_dir) / JOB_FILE).read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def append_manifest(sweep_dir: Path, entries: Iterable[dict]) -> None:
+    """Record the jobs a sweep queued, one JSON line each, in its sweep folder."""
+    lines = "".join(json.dumps(e) + "\n" for e in entries)
+    if not lines:
+        return
+    Path(sweep_dir).mkdir(parents=True, exist_ok=True)
+    with open(Path(sweep_dir) / MANIFEST_FILE, "a") as f:
+        f.write(lines)
+
+
+def read_manifest(sweep_dir: Path) -> list[dict]:
+    path = Path(sweep_dir) / MANIFEST_FILE
+    if not path.exists():
+        return []
+    entries = []
+    for line in path.read_text().splitlines():
+        try:
+            entries.append(json.loads(line))
+        except ValueError:
+            continue  # a torn last line from an interrupted write
+    return entries

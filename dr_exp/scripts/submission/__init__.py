@@ -1,0 +1,1 @@
+"""Batch submission helpers: ``from dr_exp.scripts.submission.submission_utils import JobSubmitter``."""
