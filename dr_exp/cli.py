@@ -16,6 +16,7 @@ import time
 from typing import Any, Optional, Sequence
 
 from dr_exp.db import STATUSES, DatabaseError, JobDB, resolve_db_path
+from dr_exp.sync_cli import add_sync_commands, print_status_summary, status_summary
 
 EPILOG = """\
 examples:
@@ -24,6 +25,7 @@ examples:
   dr_exp list --status failed         # what went wrong, with error summaries
   dr_exp list --format json           # every job, for scripts
   dr_exp worker --experiment train    # drain the queue from another shell or node
+  dr_exp sync status                  # uploads of finished folders: pending, failing
 
 The database is --db, else $DR_EXP_DB, else .dr_exp/jobs.db in the current directory.
 """
@@ -121,6 +123,7 @@ def build_parser() -> Parser:
     _supervisor_options(p)
     _slurm_options(p)
     p.set_defaults(func=cmd_workers_submit)
+    add_sync_commands(sub, _common)
     return parser
 
 
@@ -297,12 +300,14 @@ def cmd_status(args: argparse.Namespace) -> int:
                         for j in running
                     ],
                     "workers": [_worker_json(w, now) for w in workers],
+                    "sync": status_summary(args.db),
                 },
                 indent=2,
             )
         )
         return 0
     print(f"database: {db.path}")
+    print_status_summary(args.db)
     if not counts:
         print("no jobs" + (f" for experiment {args.experiment!r}" if args.experiment else ""))
         return 0

@@ -23,6 +23,8 @@ from dr_exp import payload
 from dr_exp.db import FINAL_STATUSES, JobDB, resolve_db_path, validate_priority
 from dr_exp.local import LocalWorkers, default_worker_count, log_tail
 from dr_exp.runner import SweepContext
+from dr_exp.sync import attach_callback
+from dr_exp.sync import validate_settings as validate_sync_settings
 
 log = logging.getLogger("dr_exp")
 
@@ -47,6 +49,7 @@ class LauncherSettings:
     backend: str = "local"
     workers_per_gpu: int = 1
     slurm: dict = field(default_factory=dict)
+    sync: dict = field(default_factory=dict)  # {} when off; see dr_exp.sync.validate_settings
 
     @classmethod
     def from_hydra(cls, raw: Mapping[str, Any]) -> LauncherSettings:
@@ -106,6 +109,11 @@ class LauncherSettings:
         db = raw.get("db")
         if db is not None and not str(db).strip():
             raise bad("db", "must be a path or null")
+        try:
+            sync = validate_sync_settings(raw.get("sync"))
+        except ValueError as e:
+            key, _, why = str(e).partition(": ")
+            raise bad(f"sync.{key}", why) from None
         return cls(
             experiment=experiment.strip(),
             priority=priority,
@@ -119,6 +127,7 @@ class LauncherSettings:
             backend=backend,
             workers_per_gpu=workers_per_gpu,
             slurm=slurm,
+            sync=sync,
         )
 
 
@@ -143,6 +152,12 @@ class SweepSubmitter:
                 f"hydra.launcher.wait=false returns before jobs run, but {sweeper.rsplit('.', 1)[-1]} "
                 "reads job results; use hydra.launcher.wait=true with it"
             )
+        self.sync_queue: Optional[str] = None
+        if settings.sync:  # on_job_end records each finished folder for upload
+            try:
+                self.sync_queue = attach_callback(hydra_context, settings.sync, self.db_path).queue
+            except Exception as e:
+                raise SettingsError(f"hydra.launcher.sync: {e}") from None
 
     # -- launching ---------------------------------------------------------------
     def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> list:
@@ -178,6 +193,10 @@ class SweepSubmitter:
                 self._print_monitor_hints(len(ids))
                 return [self._queued_return(o) for _, o in numbered]
             self._wait(db, ids)
+            if self.sync_queue:
+                dest, queue = self.settings.sync["dest"], self.sync_queue
+                print(f"dr_exp: results upload in the background to {dest}; "
+                      f"watch: dr_exp sync status --queue {queue}", file=sys.stderr)  # fmt: skip
             return self._collect(db, ids, numbered)
         finally:
             db.close()
@@ -230,7 +249,8 @@ class SweepSubmitter:
                 idle_timeout=self.settings.idle_timeout,
                 log_dir=self.db_path.parent / "logs",
             )
-            if self.settings.wait:
+            if self.settings.wait and not self.settings.sync:
+                # With sync on, workers outlive the sweep: they upload, then idle out.
                 atexit.register(self.workers.stop)
         self.workers.count = max(self.workers.count, count)
         self.workers.ensure_started()
