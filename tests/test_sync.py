@@ -1,8 +1,9 @@
-"""Syncing results against real destinations: a local folder, an unreachable rsync host.
+"""Syncing results against real destinations: a local folder, rsync over ssh, S3 (moto).
 
 The sweeps are real Hydra runs through the command line; the uploaders are the
-workers' and supervisors' background threads, or `dr_exp sync run`.  A test whose
-prerequisites are missing skips, except in CI (CI=true), where it fails.
+workers' and supervisors' background threads, or `dr_exp sync run`.  The ssh
+and S3 tests skip on a machine that lacks their prerequisites, except in CI
+(CI=true), where a missing prerequisite is a failure.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from dr_exp.sync_dest import TMP_MARK
 from dr_exp.syncq import LeaseLost, SyncQueue, Target
 
 APP = ROOT / "tests" / "apps" / "sync_app.py"
+SSHD_UP = ROOT / "tests" / "sync" / "sshd-up.sh"
 LAUNCH = ["hydra/launcher=dr_exp", "hydra.launcher.idle_timeout=1"]
 
 
@@ -232,6 +234,103 @@ def test_unreachable_destination_never_fails_a_job_and_shows_in_status(
     assert "Connection refused" in overview
     assert json.loads(run_cli("status", "--format", "json").stdout)["sync"]["failing"] == 2
     assert run_cli("sync", "retry").stdout.startswith("2 failing folder(s)")
+
+
+# -- rsync over ssh to localhost -----------------------------------------------------
+@pytest.fixture(scope="session")
+def sshd(tmp_path_factory: pytest.TempPathFactory):
+    problem = None
+    if os.geteuid() != 0:
+        problem = "starting sshd needs root (tests/sync/sshd-up.sh)"
+    elif not shutil.which("ssh"):
+        problem = "the ssh client is not installed"
+    need(problem)
+    home = tmp_path_factory.mktemp("sshd")
+    port = free_port()
+    proc = subprocess.run(["bash", str(SSHD_UP), str(home), str(port)], capture_output=True,
+                          text=True, timeout=600)  # fmt: skip
+    if proc.returncode != 0:
+        pytest.fail(f"tests/sync/sshd-up.sh failed:\n{proc.stderr[-2000:]}")
+    pid = int((home / "sshd.pid").read_text())
+    yield (
+        f"ssh -p {port} -i {home}/client_key -o StrictHostKeyChecking=no "
+        "-o UserKnownHostsFile=/dev/null -o BatchMode=yes -o LogLevel=ERROR"
+    )
+    os.kill(pid, signal.SIGTERM)
+
+
+def test_rsync_over_ssh(tmp_path: Path, db_path: Path, sshd: str) -> None:
+    remote = tmp_path / "remote"  # on this machine, reached through sshd on 127.0.0.1
+    sweep = ["-m", "x=1,2", *LAUNCH, "hydra.launcher.workers=1", "hydra.sweep.dir=out",
+             f"hydra.launcher.sync.dest=root@127.0.0.1:{remote}",
+             f"hydra.launcher.sync.rsync_args=[-e,'{sshd}']"]  # fmt: skip
+    run_app(APP, *sweep, cwd=tmp_path)
+    first = wait_uploaded(2)
+    for n in ("0", "1"):
+        same_tree(tmp_path / "out" / n, remote / "out" / n)
+        assert first[n]["sent_files"] == first[n]["files"]
+    inode = (remote / "out/0/data_0.bin").stat().st_ino
+    # Run job 0 again in its folder: only what changed goes over the wire.
+    run_app(APP, "-m", "x=1", "extra=more", *sweep[2:], cwd=tmp_path)
+    wait_for(lambda: status()["folders"][0]["total_sent_files"] > first["0"]["total_sent_files"]
+             and states() == ["uploaded", "uploaded"], timeout=90, what="the re-upload")  # fmt: skip
+    again = {Path(f["path"]).name: f for f in status()["folders"]}["0"]
+    assert (remote / "out/0/extra.txt").read_text() == "more"
+    assert (remote / "out/0/data_0.bin").stat().st_ino == inode
+    assert again["sent_files"] <= again["files"] - 2
+    same_tree(tmp_path / "out/0", remote / "out/0")
+
+
+# -- S3 through fsspec, against moto's server on loopback ---------------------------------
+@pytest.fixture(scope="session")
+def s3_endpoint():
+    try:
+        import s3fs  # noqa: F401
+        from moto.server import ThreadedMotoServer
+    except ImportError as e:
+        need(f"the S3 test needs the test extra (s3fs, moto[server]): {e}")
+    creds = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
+             "AWS_DEFAULT_REGION": "us-east-1"}  # fmt: skip
+    saved = {k: os.environ.get(k) for k in creds}
+    os.environ.update(creds)  # for this process and the workers it starts
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=free_port(), verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    yield f"http://{host}:{port}"
+    server.stop()
+    for k, v in saved.items():
+        if v is None:
+            os.environ.pop(k, None)
+        else:
+            os.environ[k] = v
+
+
+def test_s3_through_fsspec(tmp_path: Path, db_path: Path, s3_endpoint: str) -> None:
+    import s3fs
+
+    fs = s3fs.S3FileSystem(endpoint_url=s3_endpoint)
+    bucket = f"drexp-{tmp_path.name.lower().replace('_', '-')[-40:]}"
+    fs.mkdir(bucket)
+    sweep = ["-m", "mode=write,fail", "x=2", *LAUNCH, "hydra.launcher.workers=1",
+             "hydra.sweep.dir=out", f"hydra.launcher.sync.dest=s3://{bucket}/results",
+             f"hydra.launcher.sync.options={{endpoint_url:'{s3_endpoint}'}}"]  # fmt: skip
+    run_app(APP, *sweep, cwd=tmp_path, check=False)
+    first = wait_uploaded(2)
+    for n in ("0", "1"):
+        local = tmp_path / "out" / n
+        for path in local.rglob("*"):
+            if path.is_file():
+                key = f"{bucket}/results/out/{n}/{path.relative_to(local)}"
+                assert fs.cat_file(key) == path.read_bytes(), key
+    assert b"ValueError" in fs.cat_file(f"{bucket}/results/out/1/error.txt")
+    # Appended files go up; unchanged ones are not sent again.
+    (tmp_path / "out/0/notes.txt").write_text("later")
+    run_cli("sync", "run", "--once")
+    wait_for(lambda: states() == ["uploaded"] * 2, timeout=60, what="the upload of notes.txt")
+    again = {Path(f["path"]).name: f for f in status()["folders"]}["0"]
+    assert (again["state"], again["sent_files"]) == ("uploaded", 1)
+    assert again["files"] == first["0"]["files"] + 1
+    assert fs.cat_file(f"{bucket}/results/out/0/notes.txt") == b"later"
 
 
 # -- other ways in, and bad input -------------------------------------------------------
