@@ -48,10 +48,42 @@ from dr_exp.syncq import QUEUE_NAME, LeaseLost, SyncQueue, Target
 
 log = logging.getLogger("dr_exp.sync")
 
-# Held by upload threads around their SQLite calls and process creation.  A worker
-# takes it around fork(), so a job's process never starts with a lock held that
-# it needs (the job's own on_job_end opens the same queue file).
+# Held by a worker's upload threads around their SQLite calls, logging and process
+# creation; taken around every os.fork() of that process (see _guard_forks), so a
+# job's process never starts with a lock held that it needs: its own on_job_end
+# opens the same queue file.
 FORK_GATE = threading.Lock()
+_fork_hooks = {"registered": False, "users": 0, "held": False}
+
+
+def _before_fork() -> None:
+    if _fork_hooks["users"]:
+        FORK_GATE.acquire()  # waits for the upload thread to leave SQLite, logging, Popen
+        _fork_hooks["held"] = True
+
+
+def _after_fork_in_parent() -> None:
+    if _fork_hooks["held"]:
+        _fork_hooks["held"] = False
+        FORK_GATE.release()
+
+
+def _after_fork_in_child() -> None:
+    _fork_hooks["users"] = 0  # the child has no upload threads: its own forks pass freely
+    _after_fork_in_parent()
+
+
+def _guard_forks() -> None:
+    """From now on, every fork of this process waits until no upload thread holds the gate."""
+    if not _fork_hooks["registered"]:
+        os.register_at_fork(
+            before=_before_fork,
+            after_in_parent=_after_fork_in_parent,
+            after_in_child=_after_fork_in_child,
+        )
+        _fork_hooks["registered"] = True
+    _fork_hooks["users"] += 1
+
 
 BACKOFF_BASE_S = 10.0
 BACKOFF_MAX_S = 600.0
@@ -387,10 +419,12 @@ class Uploader:
         attempted = 0
         while not self.stop.is_set():
             with self._locked():
-                due = q.due(background_only=self.background_only)
+                due = q.due(background_only=self.background_only, host=self.host)
             folder = None
             for row in due:
-                if not self._visible(q, row):
+                # A folder on another node's local disk is left to that node's uploaders;
+                # one recorded here but gone is claimed, and fails with that reason.
+                if row["host"] != self.host and not os.path.isdir(row["path"]):
                     continue
                 with self._locked():
                     folder = q.claim(row["id"], self.owner, self.lease_s)
@@ -401,19 +435,6 @@ class Uploader:
             attempted += 1
             self._upload(q, folder)
         return attempted
-
-    def _visible(self, q: SyncQueue, row: dict) -> bool:
-        """Is the folder here?  A folder on another node's local disk is left to that node."""
-        if os.path.isdir(row["path"]):
-            return True
-        if row["host"] == self.host and row["status"] == "pending":
-            with self._locked():
-                q.mark_missing(
-                    row["id"],
-                    f"output folder {row['path']} is missing",
-                    backoff_s(row["attempts"] + 1),
-                )
-        return False
 
     def _destination(self, target: Target) -> Destination:
         key = (target.dest, repr(sorted(target.options.items())), tuple(target.rsync_args))
@@ -548,14 +569,15 @@ class BackgroundUploader:
         try:
             while not self.stop_event.is_set():
                 draining = self.draining
+                pause = self.poll_s
                 try:
                     attempted = self.uploader.run_once()
                 except Exception as e:  # an unreadable queue must not take the worker down
-                    self.uploader._log(logging.WARNING, "sync: %s", e)
-                    attempted = 0
+                    self.uploader._log(logging.WARNING, "sync: %s (retrying in 60 s)", e)
+                    attempted, pause = 0, 60.0
                 if draining and attempted == 0:
                     break
-                self.wake.wait(self.poll_s * (0.5 + random.random()))
+                self.wake.wait(pause * (0.5 + random.random()))
                 self.wake.clear()
         finally:
             try:
@@ -593,13 +615,11 @@ class WorkerSync:
         if queue not in self.uploaders:
             try:
                 uploader = BackgroundUploader(Path(queue), gate=FORK_GATE)
+                _guard_forks()  # the worker forks a process per job
                 uploader.start()
                 self.uploaders[queue] = uploader
             except Exception as e:
                 log.warning("sync: cannot upload from %s: %s", queue, e)
-
-    def fork_gate(self) -> AbstractContextManager:
-        return FORK_GATE if self.uploaders else nullcontext()
 
     def after_job(self, ctx: Any, job: Any, output_dir: Optional[str], started: float) -> None:
         """Record the job's folder unless its on_job_end did (it did not if the job died)."""

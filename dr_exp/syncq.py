@@ -350,17 +350,22 @@ class SyncQueue:
         "OR (f.status = 'uploading' AND f.lease_expires < :now)"
     )
 
-    def due(self, background_only: bool = False, limit: int = 100) -> list[dict]:
-        """Folders an uploader may claim now (a plain read: idle uploaders poll without locks)."""
+    def due(
+        self, background_only: bool = False, host: Optional[str] = None, limit: int = 500
+    ) -> list[dict]:
+        """Folders an uploader may claim now (a plain read: idle uploaders poll without locks).
+
+        Folders recorded on ``host`` come first: another node's folders may sit on
+        that node's local disk, out of this uploader's reach.
+        """
         sql = (
-            "SELECT f.id, f.path, f.host, f.status, f.attempts "
-            "FROM folders f JOIN targets t ON t.id = f.target_id "
+            "SELECT f.id, f.path, f.host FROM folders f JOIN targets t ON t.id = f.target_id "
             f"WHERE ({self._DUE}) "
         )
         if background_only:
             sql += "AND json_extract(t.options, '$.background') = 1 "
-        sql += "ORDER BY f.next_try, f.id LIMIT :limit"
-        return self._read(sql, {"now": time.time(), "limit": limit})
+        sql += "ORDER BY f.host IS NOT :host, f.next_try, f.id LIMIT :limit"
+        return self._read(sql, {"now": time.time(), "host": host, "limit": limit})
 
     def claim(
         self, folder_id: int, owner: str, lease_s: float = DEFAULT_LEASE_S
@@ -546,17 +551,6 @@ class SyncQueue:
                     (folder_id,),
                 ).rowcount
                 == 1
-            )
-        )
-
-    def mark_missing(self, folder_id: int, error: str, backoff_s: float) -> None:
-        """A due folder recorded on this host is gone: keep it failing, with the reason."""
-        now = time.time()
-        self._write(
-            lambda conn: conn.execute(
-                "UPDATE folders SET attempts = attempts + 1, next_try = ?, last_error = ?, "
-                "last_error_at = ? WHERE id = ? AND status = 'pending'",
-                (now + backoff_s, error, now, folder_id),
             )
         )
 

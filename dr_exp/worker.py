@@ -222,7 +222,8 @@ class Worker:
             Singleton.set_state(ctx.singleton_state)  # done once here, inherited by each fork
             self._active_sweep = job.sweep_id
         log.info("job %s: %s #%s %s", job.id, job.experiment, job.job_num, " ".join(job.overrides))
-        started, started_at = time.monotonic(), time.time()
+        started = time.monotonic()
+        started_at = time.time()
         outcome = self._run_forked(ctx, job)
         if outcome is not None:
             self.sync.after_job(ctx, job, outcome.output_dir, started_at)
@@ -234,8 +235,7 @@ class Worker:
         sys.stderr.flush()
         read_fd, write_fd = os.pipe()
         parent_pid = os.getpid()
-        with self.sync.fork_gate():  # no upload thread holds a lock the job may need
-            pid = os.fork()
+        pid = os.fork()
         if pid == 0:  # the job process
             os.close(read_fd)
             child_main(ctx, ctx.cwd, job, ctx.want_returns, write_fd, parent_pid)  # type: ignore[attr-defined]

@@ -112,6 +112,31 @@ def test_claims_are_exclusive_leases_expire_and_rerecords_resend(tmp_path: Path)
     assert a.summary()["uploaded"] == 1
 
 
+def test_a_fork_waits_until_no_upload_thread_holds_the_gate() -> None:
+    import threading
+
+    from dr_exp import sync
+
+    sync._guard_forks()  # what a worker does when it starts an upload thread
+    inside, released = threading.Event(), []
+
+    def upload_step() -> None:  # an upload thread in the middle of a SQLite call
+        with sync.FORK_GATE:
+            inside.set()
+            time.sleep(0.3)
+            released.append(True)
+
+    thread = threading.Thread(target=upload_step)
+    thread.start()
+    inside.wait()
+    pid = os.fork()
+    if pid == 0:  # the job: the gate is free here, and its own forks are not gated
+        os._exit(0 if sync.FORK_GATE.acquire(blocking=False) else 1)
+    assert released == [True]  # the fork waited for the thread to leave the gate
+    assert os.waitpid(pid, 0)[1] == 0
+    thread.join()
+
+
 # -- a local destination ------------------------------------------------------------
 def test_every_folder_is_uploaded_failed_and_killed_jobs_too(tmp_path: Path, db_path: Path) -> None:
     dest = tmp_path / "dest"
