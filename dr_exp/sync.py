@@ -408,7 +408,10 @@ class Uploader:
     def close(self) -> None:
         if self.q is not None:
             with self._locked():
-                self.q.close()
+                try:
+                    self.q.close()
+                except Exception:
+                    pass
             self.q = None
 
     def run_once(self, rescan: bool = True, force_rescan: bool = False) -> int:
@@ -546,8 +549,14 @@ class Uploader:
     def follow(self, poll_s: float = 2.0) -> None:
         """Upload until ``stop`` is set (SIGTERM/SIGINT in ``dr_exp sync run``)."""
         while not self.stop.is_set():
-            self.run_once()
-            self.stop.wait(poll_s * (0.5 + random.random()))
+            pause = poll_s
+            try:
+                self.run_once()
+            except Exception as e:  # the queue's file system hiccups: keep following
+                self._log(logging.WARNING, "sync: %s (retrying in 60 s)", e)
+                self.close()
+                pause = 60.0
+            self.stop.wait(pause * (0.5 + random.random()))
 
 
 class BackgroundUploader:

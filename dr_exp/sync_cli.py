@@ -30,7 +30,8 @@ SYNC_DESCRIPTION = (
 RUN_DESCRIPTION = (
     "Upload due folders: new and changed files only, sizes checked at the destination, "
     "failures retried with exponential backoff. Without --once it follows the queue until "
-    "SIGTERM or SIGINT; a folder being uploaded then is given back to the queue."
+    "SIGTERM or SIGINT; a folder being uploaded then is given back to the queue. With "
+    "--once it exits 1 when an upload failed."
 )
 
 
@@ -223,7 +224,7 @@ def cmd_sync_run(args: argparse.Namespace) -> int:
         print(f"sync: {summary_line(q.summary())}", file=sys.stderr)
     finally:
         q.close()
-    return 0
+    return 1 if args.once and uploader.failed else 0  # --once: did every upload succeed?
 
 
 def cmd_sync_retry(args: argparse.Namespace) -> int:

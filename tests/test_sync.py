@@ -20,8 +20,10 @@ from pathlib import Path
 
 import pytest
 from conftest import ROOT, run_app, run_cli
+from test_fleet import alive
 from test_worker import jobs, wait_for
 
+from dr_exp.db import JobDB
 from dr_exp.sync import record_finished
 from dr_exp.sync_dest import TMP_MARK
 from dr_exp.syncq import LeaseLost, SyncQueue, Target
@@ -71,6 +73,15 @@ def partial_size(root: Path, prefix: str) -> int:
         except FileNotFoundError:  # renamed meanwhile
             pass
     return 0
+
+
+def workers_exited(db_path: Path) -> bool:
+    """Every worker process is gone: no background uploader is left to race `dr_exp sync run`."""
+    db = JobDB.open(db_path, create=False)
+    try:
+        return not any(alive(w["pid"]) for w in db._read("SELECT pid FROM workers"))
+    finally:
+        db.close()
 
 
 def same_tree(src: Path, dst: Path) -> None:
@@ -258,7 +269,10 @@ def test_unreachable_destination_never_fails_a_job_and_shows_in_status(
     assert "sync: 0 pending, 0 uploading, 0 uploaded, 2 failing" in overview
     assert "Connection refused" in overview
     assert json.loads(run_cli("status", "--format", "json").stdout)["sync"]["failing"] == 2
+    wait_for(lambda: workers_exited(db_path), timeout=60, what="the workers to exit")
     assert run_cli("sync", "retry").stdout.startswith("2 failing folder(s)")
+    again = run_cli("sync", "run", "--once", check=False)  # still unreachable: exit 1
+    assert again.returncode == 1 and "2 failing" in again.stderr
 
 
 # -- rsync over ssh to localhost -----------------------------------------------------
