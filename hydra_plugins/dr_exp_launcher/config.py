@@ -50,7 +50,8 @@ class DrExpSyncConf:
     queue: Optional[str] = None
     # The local folder that dest mirrors; null: the directory the multirun starts from.
     base: Optional[str] = None
-    # fsspec storage options, e.g. {endpoint_url: "http://127.0.0.1:9000"}.
+    # fsspec storage options, e.g. {endpoint_url: "http://127.0.0.1:9000"}; typed Any so
+    # that `sync.options={...}` can set a whole mapping on the command line.
     options: Any = None
     # Extra rsync arguments, e.g. [-e, "ssh -p 2222 -i ~/.ssh/id_sync"].
     rsync_args: List[str] = field(default_factory=list)
