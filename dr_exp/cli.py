@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any, Optional, Sequence
 
 from dr_exp.db import STATUSES, DatabaseError, JobDB, db_path_for
+from dr_exp.sync_cli import add_sync_commands, print_status_summary, status_summary
 
 EPILOG = """\
 examples:
@@ -32,6 +33,7 @@ examples:
   dr_exp priority --tag main --boost 100
   dr_exp results --experiment train --group-by optim.lr
   dr_exp --base-path P --experiment E submit --config baseline.yaml --seed 0 --priority 100
+  dr_exp sync status                  # uploads of finished folders: pending, failing
 
 The database is --db, else P/.dr_exp/jobs.db with --base-path P, else $DR_EXP_DB,
 else .dr_exp/jobs.db in the current directory.
@@ -138,6 +140,7 @@ def build_parser() -> Parser:
     _slurm_options(p)
     p.set_defaults(func=cmd_workers_submit)
     _add_manage_commands(sub)
+    add_sync_commands(sub, _common)
     return parser
 
 
@@ -319,12 +322,14 @@ def cmd_status(args: argparse.Namespace) -> int:
                         for j in running
                     ],
                     "workers": [_worker_json(w, now) for w in workers],
+                    "sync": status_summary(args.db),
                 },
                 indent=2,
             )
         )
         return 0
     print(f"database: {db.path}")
+    print_status_summary(args.db)
     if not counts:
         print("no jobs" + (f" for experiment {args.experiment!r}" if args.experiment else ""))
         return 0

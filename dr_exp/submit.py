@@ -31,6 +31,8 @@ from dr_exp.db import (
 from dr_exp.local import LocalWorkers, default_worker_count, log_tail
 from dr_exp.runner import SweepContext
 from dr_exp.utils import import_function, split_function_name
+from dr_exp.sync import attach_callback
+from dr_exp.sync import validate_settings as validate_sync_settings
 
 log = logging.getLogger("dr_exp")
 
@@ -57,6 +59,7 @@ class LauncherSettings:
     slurm: dict = field(default_factory=dict)
     on_duplicate: str = "retry_failed"
     priority_fn: Optional[str] = None
+    sync: dict = field(default_factory=dict)  # {} when off; see dr_exp.sync.validate_settings
 
     @classmethod
     def from_hydra(cls, raw: Mapping[str, Any]) -> LauncherSettings:
@@ -127,6 +130,11 @@ class LauncherSettings:
                 split_function_name(priority_fn, "a function")
             except ValueError as e:
                 raise bad("priority_fn", str(e)) from None
+        try:
+            sync = validate_sync_settings(raw.get("sync"))
+        except ValueError as e:
+            key, _, why = str(e).partition(": ")
+            raise bad(f"sync.{key}", why) from None
         return cls(
             experiment=experiment.strip(),
             priority=priority,
@@ -142,6 +150,7 @@ class LauncherSettings:
             slurm=slurm,
             on_duplicate=on_duplicate,
             priority_fn=str(priority_fn) if priority_fn is not None else None,
+            sync=sync,
         )
 
 
@@ -172,6 +181,12 @@ class SweepSubmitter:
                 self.priority_fn = import_function(settings.priority_fn, [os.getcwd()])
             except ValueError as e:
                 raise SettingsError(f"hydra.launcher.priority_fn: {e}") from None
+        self.sync_queue: Optional[str] = None
+        if settings.sync:  # on_job_end records each finished folder for upload
+            try:
+                self.sync_queue = attach_callback(hydra_context, settings.sync, self.db_path).queue
+            except Exception as e:
+                raise SettingsError(f"hydra.launcher.sync: {e}") from None
 
     # -- launching ---------------------------------------------------------------
     def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> list:
@@ -224,6 +239,10 @@ class SweepSubmitter:
                 self._print_monitor_hints(len(ids))
                 return [self._queued_return(o) for _, o in numbered]
             self._wait(db, list(dict.fromkeys(ids)))
+            if self.sync_queue:
+                dest, queue = self.settings.sync["dest"], self.sync_queue
+                print(f"dr_exp: results upload in the background to {dest}; "
+                      f"watch: dr_exp sync status --queue {queue}", file=sys.stderr)  # fmt: skip
             return self._collect(db, ids, numbered)
         finally:
             db.close()
@@ -304,7 +323,8 @@ class SweepSubmitter:
                 idle_timeout=self.settings.idle_timeout,
                 log_dir=self.db_path.parent / "logs",
             )
-            if self.settings.wait:
+            if self.settings.wait and not self.settings.sync:
+                # With sync on, workers outlive the sweep: they upload, then idle out.
                 atexit.register(self.workers.stop)
         self.workers.count = max(self.workers.count, count)
         self.workers.ensure_started()

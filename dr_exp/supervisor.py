@@ -30,6 +30,7 @@ from typing import Optional
 
 from dr_exp.gpu import visible_gpus
 from dr_exp.local import worker_command, worker_env
+from dr_exp.sync import SupervisorSync
 
 log = logging.getLogger("dr_exp.supervisor")
 
@@ -83,6 +84,7 @@ class NodeSupervisor:
         else:
             layout = [None] * (settings.cpu_workers or settings.workers_per_gpu)
         self.slots = [Slot(index=i, gpu=g) for i, g in enumerate(layout)]
+        self.sync = SupervisorSync(settings.db_path)  # uploads results once the queue exists
 
     def _on_signal(self, signum: int, _frame: object) -> None:
         if self.stop_signal is None:
@@ -151,6 +153,7 @@ class NodeSupervisor:
         )
         try:
             while self.stop_signal is None:
+                self.sync.poll()
                 now = time.monotonic()
                 for slot in self.slots:
                     if slot.process is not None and slot.process.poll() is not None:
@@ -169,6 +172,7 @@ class NodeSupervisor:
                 time.sleep(0.2)
         finally:
             self._stop_workers()
+            self.sync.stop(drain=self.stop_signal is None)
         if all(slot.gave_up for slot in self.slots):
             log.error("every worker slot crash-looped; supervisor exiting with an error")
             return 1

@@ -39,6 +39,7 @@ from dr_exp.runner import (
     describe_exit,
     write_error_file,
 )
+from dr_exp.sync import WorkerSync
 
 log = logging.getLogger("dr_exp.worker")
 
@@ -81,6 +82,7 @@ class Worker:
         self.supervisor = supervisor
         self.telemetry = GpuTelemetry()
         self._last_beat = 0.0
+        self.sync = WorkerSync(db.path)  # records finished folders, uploads in the background
 
     # -- signals ----------------------------------------------------------------
     def _on_signal(self, signum: int, _frame: object) -> None:
@@ -123,10 +125,12 @@ class Worker:
             self.experiment or "any",
             os.environ.get("CUDA_VISIBLE_DEVICES", "none"),
         )
+        self.sync.start()
         try:
             self._loop()
         finally:
             self.db.worker_heartbeat(self.worker_id, "exited", None)
+            self.sync.stop(drain=self.stop_signal is None)  # idle exit: upload what is due first
         if self.stop_signal is not None:
             log.info("stopped by %s", signal.Signals(self.stop_signal).name)
         return 0
@@ -223,8 +227,10 @@ class Worker:
             self._active_sweep = sweep_id
         log.info("job %s: %s #%s %s", job.id, job.experiment, job.job_num, " ".join(job.overrides))
         started = time.monotonic()
+        started_at = time.time()
         outcome = self._run_forked(ctx, job)
         if outcome is not None:
+            self.sync.after_job(ctx, job, outcome.output_dir, started_at)
             log.info("job %s %s in %.1f s", job.id, outcome.status, time.monotonic() - started)
         return outcome
 

@@ -5,14 +5,13 @@ from __future__ import annotations
 import os
 import random
 import signal
-import sqlite3
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 import pytest
-from conftest import ROOT, run_app
+from conftest import ROOT, run_app, run_cli
 from test_worker import jobs, wait_for
 
 from dr_exp.db import JobDB
@@ -159,12 +158,10 @@ def test_chaos_random_sigkills_lose_nothing_and_never_run_a_job_twice_at_once(
     assert kills["worker"] >= 3 and kills["job"] >= 3, kills
     # A job whose own process was SIGKILLed is failed, by design: retry those, as a
     # researcher would, and let a worker finish them.
-    conn = sqlite3.connect(db_path)
-    failed = conn.execute("SELECT error FROM jobs WHERE status = 'failed'").fetchall()
-    assert all("killed by signal 9" in e for (e,) in failed), failed
-    conn.execute("UPDATE jobs SET status = 'pending' WHERE status = 'failed'")
-    conn.commit()
-    conn.close()
+    failed = [r["error"] for r in jobs(db_path) if r["status"] == "failed"]
+    assert all("killed by signal 9" in e for e in failed), failed
+    if failed:
+        run_cli("retry", "--status", "failed")
     worker = subprocess.Popen([sys.executable, "-m", "dr_exp", "worker", "--idle-timeout", "1"],
                               stderr=log)  # fmt: skip
     assert worker.wait(300) == 0

@@ -41,6 +41,27 @@ class DrExpSlurmConf(BaseQueueConf):
 
 
 @dataclass
+class DrExpSyncConf:
+    """Upload each finished job's output folder (see README, "Syncing results")."""
+
+    # null: off; a path, [user@]host:/path (rsync over ssh) or an fsspec URL (s3://...).
+    dest: Optional[str] = None
+    # The sync queue; null: $DR_EXP_SYNC_QUEUE, else .sync_queue.db next to the job database.
+    queue: Optional[str] = None
+    # The local folder that dest mirrors; null: the directory the multirun starts from.
+    base: Optional[str] = None
+    # fsspec storage options, e.g. {endpoint_url: "http://127.0.0.1:9000"}; typed Any so
+    # that `sync.options={...}` can set a whole mapping on the command line.
+    options: Any = None
+    # Extra rsync arguments, e.g. [-e, "ssh -p 2222 -i ~/.ssh/id_sync"].
+    rsync_args: List[str] = field(default_factory=list)
+    # KiB/s per uploader; 0: unlimited.
+    bwlimit: float = 0.0
+    # false: only `dr_exp sync run` uploads (e.g. compute nodes without network).
+    background: bool = True
+
+
+@dataclass
 class DrExpLauncherConf:
     _target_: str = "hydra_plugins.dr_exp_launcher.dr_exp_launcher.DrExpLauncher"
     # Groups jobs in the database; `dr_exp status/list --experiment` filter on it.
@@ -76,6 +97,7 @@ class DrExpLauncherConf:
     backend: str = "local"
     workers_per_gpu: int = 1
     slurm: DrExpSlurmConf = field(default_factory=DrExpSlurmConf)
+    sync: DrExpSyncConf = field(default_factory=DrExpSyncConf)
 
 
 ConfigStore.instance().store(
