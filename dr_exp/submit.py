@@ -30,9 +30,9 @@ from dr_exp.db import (
 )
 from dr_exp.local import LocalWorkers, default_worker_count, log_tail
 from dr_exp.runner import SweepContext
-from dr_exp.utils import import_function, split_function_name
 from dr_exp.sync import attach_callback
 from dr_exp.sync import validate_settings as validate_sync_settings
+from dr_exp.utils import import_function, split_function_name
 
 log = logging.getLogger("dr_exp")
 
