@@ -33,16 +33,11 @@ from pathlib import Path
 from typing import Any, Iterable, Mapping, Optional, Sequence, Union
 
 from dr_exp import jobfiles, trainer
-from dr_exp.db import (
-    DEFAULT_MAX_ATTEMPTS,
-    DEFAULT_PRIORITY,
-    FINAL_STATUSES,
-    ON_DUPLICATE,
-    JobDB,
-    db_path_for,
-    job_identity,
-    validate_priority,
-)
+from dr_exp.db import FINAL_STATUSES, ON_DUPLICATE, JobDB, validate_priority
+from dr_exp.defaults import MAX_ATTEMPTS as DEFAULT_MAX_ATTEMPTS
+from dr_exp.defaults import PRIORITY as DEFAULT_PRIORITY
+from dr_exp.identity import job_identity
+from dr_exp.paths import job_db as db_path_for
 from dr_exp.utils import import_function
 
 # Keys of a job dict that are not overrides (everything else is: {"seed": 0} -> seed=0).

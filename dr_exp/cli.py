@@ -17,7 +17,9 @@ import time
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
-from dr_exp.db import STATUSES, DatabaseError, JobDB, db_path_for
+from dr_exp.db import STATUSES, JobDB
+from dr_exp.errors import DatabaseError
+from dr_exp.paths import job_db as db_path_for
 from dr_exp.sync_cli import add_sync_commands, print_status_summary, status_summary
 
 EPILOG = """\

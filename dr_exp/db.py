@@ -1,4 +1,4 @@
-"""The job database: the one module that owns every SQL statement dr_exp runs.
+"""The job database: every SQL statement of the job queue's tables, and nothing else.
 
 Example::
 
@@ -12,51 +12,42 @@ Example::
     job = db.claim(worker="host-1-ab", host="host")      # highest priority, then FIFO
     db.finish(job.id, "host-1-ab", Outcome(status="completed", return_json="0.93"))
 
-Every connection runs with ``isolation_level=None``; every write is one
-``BEGIN IMMEDIATE`` transaction, retried when SQLite stays busy, so callers
-never see "database is locked".  Every change to a running job is guarded by
-``WHERE id=? AND status='running' AND worker=?``, which makes a stale worker harmless.
+The file itself (modes, journal mode, pragmas, busy retries, the ``BEGIN
+IMMEDIATE`` transaction, schema migrations) is :class:`dr_exp.store.SQLiteStore`'s.
+What a job queue backend must provide is written down in :mod:`dr_exp.backend`;
+this is its SQLite implementation.  Every change to a running job is guarded
+by ``WHERE id=? AND status='running' AND worker=?``, which makes a stale worker
+harmless.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
-import random
 import sqlite3
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any, Callable, Iterable, Optional, Sequence, TypeVar
+from typing import Any, Callable, Iterable, Optional, Sequence
 
-import sqlite_utils
+from dr_exp.defaults import (
+    FINAL_STATUSES,
+    LEASE_S,
+    MAX_ATTEMPTS,
+    PRIORITY,
+    PRIORITY_MAX,
+    PRIORITY_MIN,
+    STATUSES,
+)
+from dr_exp.errors import BadInput
+from dr_exp.identity import job_identity
+from dr_exp.store import SQLiteStore
 
-SCHEMA_VERSION = 3
-STATUSES = ("pending", "running", "completed", "failed", "cancelled")
-FINAL_STATUSES = ("completed", "failed", "cancelled")
-PRIORITY_MIN, PRIORITY_MAX = 0, 1000
-DEFAULT_PRIORITY = 500
-DEFAULT_LEASE_S = 60.0  # a claimed job is lost when its worker misses renewing it this long
-DEFAULT_MAX_ATTEMPTS = 3
+__all__ = ["JobDB", "Job", "Outcome", "Enqueued", "SweepRow", "STATUSES", "FINAL_STATUSES"]
+
 # What a submission does with a job that already exists (same experiment, app and overrides):
 # skip: leave every existing job alone; retry_failed: skip completed, pending and running
 # jobs but queue failed and cancelled ones again; always: insert a new job every time.
 ON_DUPLICATE = ("skip", "retry_failed", "always")
-
-# Filesystems on which WAL's shared-memory index is unsafe (SQLite docs: WAL
-# needs every process on one host).  On these, dr_exp uses the rollback journal.
-NETWORK_FILESYSTEMS = {
-    "nfs", "nfs4", "lustre", "gpfs", "cifs", "smb", "smb2", "smb3", "smbfs",
-    "beegfs", "ceph", "fuse.ceph", "glusterfs", "fuse.glusterfs", "afs", "9p",
-    "fuse.sshfs", "panfs", "fhgfs", "wekafs", "orangefs", "pvfs2",
-}  # fmt: skip
-
-T = TypeVar("T")
-
-
-class DatabaseError(Exception):
-    """A problem with the job database that the user must fix (shown as one line)."""
 
 
 def validate_priority(value: Any, what: str = "priority") -> int:
@@ -64,80 +55,22 @@ def validate_priority(value: Any, what: str = "priority") -> int:
     if isinstance(value, str) and value.strip().lstrip("-").isdigit():
         value = int(value)
     if isinstance(value, bool) or not isinstance(value, int):
-        raise ValueError(f"{what} must be an integer from 0 to 1000, got {value!r}")
+        raise BadInput(f"{what} must be an integer from 0 to 1000, got {value!r}")
     if not PRIORITY_MIN <= value <= PRIORITY_MAX:
-        raise ValueError(f"{what} must be from 0 to 1000 (higher runs first), got {value}")
+        raise BadInput(f"{what} must be from 0 to 1000 (higher runs first), got {value}")
     return value
 
 
 def validate_status(value: str) -> str:
     if value not in STATUSES:
-        raise ValueError(f"unknown status {value!r}; choose from {', '.join(STATUSES)}")
+        raise BadInput(f"unknown status {value!r}; choose from {', '.join(STATUSES)}")
     return value
 
 
-def resolve_db_path(explicit: Optional[str] = None, cwd: Optional[str] = None) -> Path:
-    """``--db``/``hydra.launcher.db``, else ``$DR_EXP_DB``, else ``.dr_exp/jobs.db`` under cwd."""
-    raw = explicit or os.environ.get("DR_EXP_DB") or os.path.join(".dr_exp", "jobs.db")
-    path = Path(os.path.expanduser(raw))
-    if not path.is_absolute():
-        path = Path(cwd or os.getcwd()) / path
-    return path
-
-
-def db_path_for(db: Optional[str] = None, base_path: Optional[str] = None) -> Path:
-    """``db``, else ``<base_path>/.dr_exp/jobs.db`` (the seed's ``--base-path``), else as above."""
-    if not db and base_path:
-        return Path(os.path.expanduser(base_path)).absolute() / ".dr_exp" / "jobs.db"
-    return resolve_db_path(db)
-
-
-def filesystem_type(path: Path) -> Optional[str]:
-    """The type of the mount holding ``path``, read from /proc/mounts (Linux)."""
-    try:
-        with open("/proc/self/mounts") as f:
-            mounts = [line.split()[1:3] for line in f if len(line.split()) >= 3]
-    except OSError:
-        return None
-    target = os.path.realpath(path)
-    best, best_type = "", None
-    for mount_point, fs_type in mounts:
-        mount_point = mount_point.replace("\\040", " ")
-        if (target == mount_point or target.startswith(mount_point.rstrip("/") + "/")) and len(
-            mount_point
-        ) >= len(best):
-            best, best_type = mount_point, fs_type
-    return best_type
-
-
-def choose_journal_mode(path: Path) -> str:
-    """WAL on a local disk, the rollback journal on a network filesystem."""
-    forced = os.environ.get("DR_EXP_JOURNAL_MODE", "").strip().lower()
-    if forced:
-        if forced not in ("wal", "delete", "truncate", "persist"):
-            raise DatabaseError(f"DR_EXP_JOURNAL_MODE must be wal or delete, got {forced!r}")
-        return forced
-    fs_type = filesystem_type(path.parent)
-    if fs_type and (fs_type in NETWORK_FILESYSTEMS or fs_type.split(".")[0] in NETWORK_FILESYSTEMS):
-        return "delete"
-    return "wal"
-
-
-def normalize_overrides(overrides: Iterable[str]) -> list[str]:
-    """Overrides as identity sees them: stripped and sorted, so their order does not matter."""
-    return sorted(o.strip() for o in overrides if o.strip())
-
-
-def job_identity(experiment: str, app: Optional[str], overrides: Iterable[str]) -> str:
-    """What makes two submissions the same job: experiment, app and overrides.
-
-    Priority and tags are deliberately left out, so re-running a sweep with a new
-    priority still finds the jobs it queued before.
-    """
-    text = json.dumps(
-        [experiment, app or "", normalize_overrides(overrides)], separators=(",", ":")
-    )
-    return hashlib.sha256(text.encode()).hexdigest()[:32]
+def validate_attempts(value: Any, what: str = "attempts") -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise BadInput(f"{what} must be a whole number of 1 or more, got {value!r}")
+    return value
 
 
 @dataclass
@@ -196,7 +129,9 @@ class Outcome:
 
 
 @dataclass
-class Sweep:
+class SweepRow:
+    """A sweep as stored: what runs its jobs, and where."""
+
     id: int
     experiment: str
     cwd: str
@@ -211,7 +146,7 @@ class Sweep:
     sweep_dir: Optional[str] = None
 
 
-def _migrate_to_1(db: sqlite_utils.Database) -> None:
+def _migrate_to_1(db: Any) -> None:
     """The first schema: sweeps (one pickled payload each), jobs, and returned objects."""
     db["sweeps"].create(
         {
@@ -271,10 +206,10 @@ def _migrate_to_1(db: sqlite_utils.Database) -> None:
     )
 
 
-def _migrate_to_2(db: sqlite_utils.Database) -> None:
+def _migrate_to_2(db: Any) -> None:
     """Leases, a history of attempts, and a registry of workers (the worker fleet)."""
     db["jobs"].add_column("lease_expires", float)
-    db["jobs"].add_column("max_attempts", int, not_null_default=DEFAULT_MAX_ATTEMPTS)
+    db["jobs"].add_column("max_attempts", int, not_null_default=MAX_ATTEMPTS)
     # Reaping expired leases reads running rows by expiry only.
     db.execute("CREATE INDEX jobs_running_lease ON jobs(lease_expires) WHERE status = 'running'")
     db["attempts"].create(
@@ -314,7 +249,7 @@ def _migrate_to_2(db: sqlite_utils.Database) -> None:
     )
 
 
-def _migrate_to_3(db: sqlite_utils.Database) -> None:
+def _migrate_to_3(db: Any) -> None:
     """Job identity (resume by re-running), sweep kinds (trainer jobs), re-run contexts."""
     db["jobs"].add_column("identity", str)
     db["jobs"].add_column("run_sweep_id", int)
@@ -333,137 +268,22 @@ def _migrate_to_3(db: sqlite_utils.Database) -> None:
 
 
 # MIGRATIONS[i] takes a database at schema version i to version i + 1.
-MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [
+MIGRATIONS: list[Callable[[Any], None]] = [
     _migrate_to_1,
     _migrate_to_2,
     _migrate_to_3,
 ]
-assert len(MIGRATIONS) == SCHEMA_VERSION
+SCHEMA_VERSION = len(MIGRATIONS)
 
 
-def _is_busy(exc: sqlite3.OperationalError) -> bool:
-    text = str(exc).lower()
-    return "locked" in text or "busy" in text
-
-
-class JobDB:
+class JobDB(SQLiteStore):
     """A connection to one job database file."""
 
-    def __init__(self, path: Path, conn: sqlite3.Connection, journal_mode: str) -> None:
-        self.path = path
-        self.conn = conn
-        self.journal_mode = journal_mode
-        self.db = sqlite_utils.Database(conn, execute_plugins=False)
-
-    # -- opening ---------------------------------------------------------------
-    @classmethod
-    def open(cls, path: Path | str, create: bool = True, group_shared: bool = False) -> JobDB:
-        """Open (and create or migrate) the database at ``path``.
-
-        A new file gets mode 0600, or 0660 with ``group_shared`` (or
-        ``DR_EXP_DB_GROUP_SHARED=1``), because its payloads run code.
-        """
-        path = Path(path)
-        if not path.exists():
-            if not create:
-                raise DatabaseError(
-                    f"no job database at {path}; run a sweep with hydra/launcher=dr_exp first, "
-                    "or point --db / DR_EXP_DB at one"
-                )
-            group_shared = group_shared or os.environ.get("DR_EXP_DB_GROUP_SHARED") == "1"
-            try:
-                path.parent.mkdir(
-                    parents=True, exist_ok=True, mode=0o770 if group_shared else 0o700
-                )
-                fd = os.open(path, os.O_CREAT | os.O_RDWR, 0o660 if group_shared else 0o600)
-            except OSError as e:
-                raise DatabaseError(f"cannot create job database {path}: {e.strerror}") from None
-            os.close(fd)
-            os.chmod(path, 0o660 if group_shared else 0o600)
-        elif path.is_dir():
-            raise DatabaseError(f"{path} is a directory, not a job database")
-        journal_mode = choose_journal_mode(path)
-        try:
-            conn = sqlite3.connect(str(path), isolation_level=None, timeout=30.0)
-            conn.execute("PRAGMA busy_timeout = 30000")
-            current = conn.execute("PRAGMA journal_mode").fetchone()[0].lower()
-            if current != journal_mode:
-                cls._retry(lambda: conn.execute(f"PRAGMA journal_mode = {journal_mode}"))
-            sync = "NORMAL" if journal_mode == "wal" else "FULL"
-            conn.execute(f"PRAGMA synchronous = {sync}")
-            conn.execute("PRAGMA foreign_keys = ON")
-        except sqlite3.DatabaseError as e:
-            raise DatabaseError(f"cannot open job database {path}: {e}") from None
-        self = cls(path, conn, journal_mode)
-        self._migrate()
-        return self
-
-    def close(self) -> None:
-        self.conn.close()
-
-    def schema_version(self) -> int:
-        return self.conn.execute("PRAGMA user_version").fetchone()[0]
-
-    def _migrate(self) -> None:
-        version = self.schema_version()
-        if version > SCHEMA_VERSION:
-            raise DatabaseError(
-                f"{self.path} has schema version {version}, newer than this dr_exp "
-                f"understands ({SCHEMA_VERSION}); upgrade dr_exp"
-            )
-        if version == SCHEMA_VERSION:
-            return
-
-        def migrate(conn: sqlite3.Connection) -> None:
-            # Re-read under the write lock: another process may have migrated first.
-            start = conn.execute("PRAGMA user_version").fetchone()[0]
-            for step in range(start, SCHEMA_VERSION):
-                MIGRATIONS[step](self.db)
-                conn.execute(f"PRAGMA user_version = {step + 1}")
-
-        try:
-            self._write(migrate)
-        except sqlite3.DatabaseError as e:
-            raise DatabaseError(f"{self.path} is not a dr_exp job database ({e})") from None
-
-    # -- transactions ----------------------------------------------------------
-    @staticmethod
-    def _retry(fn: Callable[[], T], attempts: int = 10) -> T:
-        """Run ``fn``, retrying while SQLite reports the database busy or locked."""
-        delay = 0.01
-        for attempt in range(attempts):
-            try:
-                return fn()
-            except sqlite3.OperationalError as e:
-                if not _is_busy(e) or attempt == attempts - 1:
-                    raise
-                time.sleep(delay * (0.5 + random.random()))
-                delay = min(delay * 2, 1.0)
-        raise AssertionError("unreachable")
-
-    def _write(self, fn: Callable[[sqlite3.Connection], T]) -> T:
-        """Run ``fn`` inside one ``BEGIN IMMEDIATE`` transaction, retried when busy."""
-
-        def attempt() -> T:
-            self.conn.execute("BEGIN IMMEDIATE")
-            try:
-                result = fn(self.conn)
-                self.conn.execute("COMMIT")
-                return result
-            except BaseException:
-                if self.conn.in_transaction:
-                    self.conn.execute("ROLLBACK")
-                raise
-
-        return self._retry(attempt)
-
-    def _read(self, sql: str, params: Sequence[Any] | dict = ()) -> list[sqlite3.Row]:
-        def run() -> list[sqlite3.Row]:
-            cur = self.conn.execute(sql, params)
-            cols = [c[0] for c in cur.description]
-            return [dict(zip(cols, row)) for row in cur.fetchall()]
-
-        return self._retry(run)
+    KIND = "job database"
+    MIGRATIONS = MIGRATIONS
+    MISSING_HINT = (
+        "; run a sweep with hydra/launcher=dr_exp first, or point --db / DR_EXP_DB at one"
+    )
 
     # -- sweeps ----------------------------------------------------------------
     def add_sweep(
@@ -496,10 +316,10 @@ class JobDB:
             "kind": kind,
             "spec": json.dumps(spec, sort_keys=True) if spec is not None else None,
         }
-        return self._write(lambda conn: self.db["sweeps"].insert(row).last_pk)
+        return self.write(lambda conn: _insert(conn, "sweeps", [row]))
 
-    def get_sweep(self, sweep_id: int) -> Optional[Sweep]:
-        rows = self._read(
+    def get_sweep(self, sweep_id: int) -> Optional[SweepRow]:
+        rows = self.rows(
             "SELECT id, experiment, cwd, sys_path, payload, signature, want_returns, "
             "kind, spec, app, sweep_dir FROM sweeps WHERE id = ?",
             (sweep_id,),
@@ -507,7 +327,7 @@ class JobDB:
         if not rows:
             return None
         r = rows[0]
-        return Sweep(
+        return SweepRow(
             id=r["id"],
             experiment=r["experiment"],
             cwd=r["cwd"],
@@ -527,9 +347,9 @@ class JobDB:
         sweep_id: int,
         experiment: str,
         jobs: Sequence[tuple[int, Sequence[str]]],
-        priority: int = DEFAULT_PRIORITY,
+        priority: int = PRIORITY,
         tags: Sequence[str] = (),
-        max_attempts: int = DEFAULT_MAX_ATTEMPTS,
+        max_attempts: int = MAX_ATTEMPTS,
     ) -> list[int]:
         """Insert a whole launch batch in one transaction; returns the new job ids in order."""
         return self.enqueue_batch(
@@ -541,9 +361,9 @@ class JobDB:
         sweep_id: int,
         experiment: str,
         jobs: Sequence[tuple[int, Sequence[str]]],
-        priority: int | Sequence[int] = DEFAULT_PRIORITY,
+        priority: int | Sequence[int] = PRIORITY,
         tags: Sequence[str] = (),
-        max_attempts: int = DEFAULT_MAX_ATTEMPTS,
+        max_attempts: int = MAX_ATTEMPTS,
         on_duplicate: str = "retry_failed",
     ) -> Enqueued:
         """Submit a batch in one transaction, matching each job against the jobs already queued.
@@ -554,27 +374,25 @@ class JobDB:
         history and output folder) and takes this batch's priority and tags,
         and this sweep's code runs it.
         """
+        on_duplicate = str(getattr(on_duplicate, "value", on_duplicate))  # an OnDuplicate enum
         if on_duplicate not in ON_DUPLICATE:
-            raise ValueError(
+            raise BadInput(
                 f"on_duplicate must be one of {', '.join(ON_DUPLICATE)}, got {on_duplicate!r}"
             )
         if isinstance(priority, (list, tuple)):
             if len(priority) != len(jobs):
-                raise ValueError(f"got {len(priority)} priorities for {len(jobs)} jobs")
+                raise BadInput(f"got {len(priority)} priorities for {len(jobs)} jobs")
             priorities = [validate_priority(p) for p in priority]
         else:
             priorities = [validate_priority(priority)] * len(jobs)
-        if isinstance(max_attempts, bool) or not isinstance(max_attempts, int) or max_attempts < 1:
-            raise ValueError(
-                f"max_attempts must be a whole number of 1 or more, got {max_attempts!r}"
-            )
+        validate_attempts(max_attempts, "max_attempts")
         now = time.time()
         tags_json = json.dumps(list(tags))
 
         def insert(conn: sqlite3.Connection) -> Enqueued:
             app = conn.execute("SELECT app FROM sweeps WHERE id = ?", (sweep_id,)).fetchone()
             if app is None:
-                raise ValueError(f"no sweep with id {sweep_id}")
+                raise BadInput(f"no sweep with id {sweep_id}")
             identities = [job_identity(experiment, app[0], o) for _, o in jobs]
             existing = (
                 self._existing(conn, experiment, identities, sweep_id)
@@ -614,23 +432,16 @@ class JobDB:
                         continue
                 actions[i] = old["status"]
             if rows:
-                first = conn.execute("SELECT coalesce(max(id), 0) FROM jobs").fetchone()[0] + 1
-                self.db["jobs"].insert_all(rows, batch_size=5000)
+                first = _insert(conn, "jobs", rows)
                 # We hold the write lock, so the batch got consecutive ids.
-                new_ids = iter(
-                    r[0]
-                    for r in conn.execute(
-                        "SELECT id FROM jobs WHERE id >= ? ORDER BY id", (first,)
-                    ).fetchall()
-                )
+                new_ids = iter(range(first, first + len(rows)))
                 for i, action in enumerate(actions):
                     if action == "queued":
                         ids[i] = next(new_ids)
-                assert next(new_ids, None) is None, "enqueue: unexpected rows"
             assert all(i is not None for i in ids), "enqueue: inserted rows went missing"
             return Enqueued(ids=ids, actions=actions)  # type: ignore[arg-type]
 
-        return self._write(insert)
+        return self.write(insert)
 
     def _existing(
         self,
@@ -684,7 +495,7 @@ class JobDB:
         return changed == 1
 
     # -- the worker's side -----------------------------------------------------
-    _CLAIM = """
+    CLAIM_SQL = """
         UPDATE jobs
            SET status = 'running', worker = :worker, host = :host, started = :now,
                ended = NULL, attempts = attempts + 1, lease_expires = :lease_expires
@@ -700,7 +511,7 @@ class JobDB:
         host: str,
         experiment: Optional[str] = None,
         finished: Optional[tuple[int, Outcome]] = None,
-        lease_s: float = DEFAULT_LEASE_S,
+        lease_s: float = LEASE_S,
     ) -> Optional[Job]:
         """Claim the next pending job: highest priority first, FIFO within a priority.
 
@@ -708,7 +519,7 @@ class JobDB:
         one commit per job instead of two) and first reaps jobs whose lease
         expired, so lost jobs go back to the queue without a separate janitor.
         """
-        sql = self._CLAIM.format(
+        sql = self.CLAIM_SQL.format(
             experiment_filter="AND experiment = :experiment" if experiment else ""
         )
 
@@ -736,7 +547,7 @@ class JobDB:
                 job.sweep_dir, job.sweep_subdir = self._first_folder(conn, job.id, job.sweep_id)
             return job
 
-        return self._write(claim)
+        return self.write(claim)
 
     @staticmethod
     def _first_folder(
@@ -753,9 +564,13 @@ class JobDB:
         return os.path.join(row[0], row[1]), None
 
     def _end_attempt(
-        self, conn: sqlite3.Connection, job_id: int, worker: Optional[str], outcome: str,
+        self,
+        conn: sqlite3.Connection,
+        job_id: int,
+        worker: Optional[str],
+        outcome: str,
         detail: Optional[str] = None,
-    ) -> None:  # fmt: skip
+    ) -> None:
         conn.execute(
             "UPDATE attempts SET ended = ?, outcome = ?, detail = ? "
             "WHERE job_id = ? AND ended IS NULL AND (? IS NULL OR worker = ?)",
@@ -771,7 +586,7 @@ class JobDB:
         ).fetchall()
         for job_id, attempts, max_attempts, worker in expired:
             detail = f"worker {worker} stopped renewing its lease"
-            if attempts >= (max_attempts or DEFAULT_MAX_ATTEMPTS):
+            if attempts >= (max_attempts or MAX_ATTEMPTS):
                 conn.execute(
                     "UPDATE jobs SET status = 'failed', ended = ?, lease_expires = NULL, "
                     "error = ? WHERE id = ? AND status = 'running' AND lease_expires < ?",
@@ -789,9 +604,9 @@ class JobDB:
 
     def reap_expired(self) -> list[int]:
         """Reap expired leases now (claims do this too); returns the reaped job ids."""
-        return self._write(lambda conn: self._reap(conn, time.time()))
+        return self.write(lambda conn: self._reap(conn, time.time()))
 
-    def heartbeat(self, job_id: int, worker: str, lease_s: float = DEFAULT_LEASE_S) -> str:
+    def heartbeat(self, job_id: int, worker: str, lease_s: float = LEASE_S) -> str:
         """Renew the lease on a running job: ``ok``, or ``cancelled``/``lost`` if it is not ours."""
 
         def renew(conn: sqlite3.Connection) -> str:
@@ -807,7 +622,7 @@ class JobDB:
             self._end_attempt(conn, job_id, worker, outcome)
             return outcome
 
-        return self._write(renew)
+        return self.write(renew)
 
     def has_work(self, experiment: Optional[str] = None) -> bool:
         """Anything to claim or reap?  A plain read: idle workers poll without the write lock."""
@@ -818,17 +633,17 @@ class JobDB:
             )
         else:
             sql, params = "SELECT 1 FROM jobs WHERE status = 'pending' LIMIT 1", ()
-        if self._read(sql, params):
+        if self.rows(sql, params):
             return True
         return bool(
-            self._read(
+            self.rows(
                 "SELECT 1 FROM jobs WHERE status = 'running' AND lease_expires < ? LIMIT 1",
                 (time.time(),),
             )
         )
 
     def set_output_dir(self, job_id: int, worker: str, output_dir: str) -> bool:
-        return self._write(
+        return self.write(
             lambda conn: (
                 conn.execute(
                     "UPDATE jobs SET output_dir = ? WHERE id = ? AND status = 'running' AND worker = ?",
@@ -840,7 +655,7 @@ class JobDB:
 
     def _finish(self, conn: sqlite3.Connection, job_id: int, worker: str, outcome: Outcome) -> bool:
         if outcome.status not in ("completed", "failed"):
-            raise ValueError(f"a run ends completed or failed, not {outcome.status!r}")
+            raise BadInput(f"a run ends completed or failed, not {outcome.status!r}")
         changed = conn.execute(
             "UPDATE jobs SET status = ?, ended = ?, return_value = ?, error = ?, "
             "output_dir = coalesce(?, output_dir), lease_expires = NULL "
@@ -866,7 +681,7 @@ class JobDB:
 
     def finish(self, job_id: int, worker: str, outcome: Outcome) -> bool:
         """Record how a run ended; False when this worker no longer owns the job."""
-        return self._write(lambda conn: self._finish(conn, job_id, worker, outcome))
+        return self.write(lambda conn: self._finish(conn, job_id, worker, outcome))
 
     def requeue(self, job_id: int, worker: str, count_attempt: bool = False) -> bool:
         """Put a running job back to pending (a preempted job does not count an attempt)."""
@@ -882,18 +697,18 @@ class JobDB:
                 self._end_attempt(conn, job_id, worker, "requeued")
             return changed == 1
 
-        return self._write(requeue)
+        return self.write(requeue)
 
     # -- the worker registry ------------------------------------------------------
     def register_worker(self, info: dict) -> None:
         row = dict(info, started=time.time(), heartbeat=time.time(), state="idle")
-        self._write(lambda conn: self.db["workers"].insert(row, replace=True))
+        self.write(lambda conn: _insert(conn, "workers", [row], replace=True))
 
     def worker_heartbeat(
         self, worker: str, state: str, job_id: Optional[int], telemetry: Optional[dict] = None
     ) -> None:
         t = telemetry or {}
-        self._write(
+        self.write(
             lambda conn: conn.execute(
                 "UPDATE workers SET heartbeat = ?, state = ?, job_id = ?, gpu_util = ?, "
                 "gpu_mem_used_mb = ?, gpu_mem_total_mb = ? WHERE id = ?",
@@ -916,10 +731,10 @@ class JobDB:
         if experiment:
             sql += " AND (experiment IS NULL OR experiment = ?)"
             params.append(experiment)
-        return self._read(sql + " ORDER BY started", params)
+        return self.rows(sql + " ORDER BY started", params)
 
     def attempts(self, job_id: int) -> list[dict]:
-        return self._read(
+        return self.rows(
             "SELECT attempt, worker, host, started, ended, outcome, detail FROM attempts "
             "WHERE job_id = ? ORDER BY id",
             (job_id,),
@@ -927,7 +742,7 @@ class JobDB:
 
     # -- watching --------------------------------------------------------------
     def progress(self, job_ids: Iterable[int]) -> dict[str, int]:
-        rows = self._read(
+        rows = self.rows(
             "SELECT status, count(*) AS n FROM jobs "
             "WHERE id IN (SELECT value FROM json_each(?)) GROUP BY status",
             (json.dumps(list(job_ids)),),
@@ -936,7 +751,7 @@ class JobDB:
 
     def results(self, job_ids: Sequence[int]) -> dict[int, dict]:
         """The rows of ``job_ids`` with their stored result objects, keyed by id."""
-        rows = self._read(
+        rows = self.rows(
             "SELECT j.id, j.status, j.overrides, j.output_dir, j.return_value, j.error, "
             "r.payload AS result_blob, r.signature AS result_signature "
             "FROM jobs j LEFT JOIN results r ON r.job_id = j.id "
@@ -947,7 +762,7 @@ class JobDB:
 
     def status_counts(self, experiment: Optional[str] = None) -> list[dict]:
         where, params = ("WHERE experiment = ?", (experiment,)) if experiment else ("", ())
-        return self._read(
+        return self.rows(
             f"SELECT experiment, status, count(*) AS n FROM jobs {where} "
             "GROUP BY experiment, status ORDER BY experiment, status",
             params,
@@ -983,7 +798,7 @@ class JobDB:
             params.append(experiment)
         where = ("WHERE " + " AND ".join(clauses)) if clauses else ""
         tail = f" LIMIT {int(limit)}" if limit else ""
-        rows = self._read(
+        rows = self.rows(
             "SELECT id, experiment, sweep_id, job_num, status, priority, tags, overrides, "
             "attempts, worker, host, created, started, ended, output_dir, return_value, error "
             f"FROM jobs {where} ORDER BY id{tail}",
@@ -994,18 +809,6 @@ class JobDB:
             r["overrides"] = json.loads(r["overrides"] or "[]")
             r["return_value"] = json.loads(r["return_value"]) if r["return_value"] else None
         return rows
-
-    def experiments(self) -> list[str]:
-        return [r["experiment"] for r in self._read("SELECT DISTINCT experiment FROM jobs")]
-
-    def query_plan(self, sql: str, params: Sequence[Any] | dict = ()) -> list[str]:
-        """EXPLAIN QUERY PLAN details, so tests can pin which index a statement uses."""
-        return [r[3] for r in self.conn.execute("EXPLAIN QUERY PLAN " + sql, params).fetchall()]
-
-    def claim_sql(self, experiment: bool) -> str:
-        return self._CLAIM.format(
-            experiment_filter="AND experiment = :experiment" if experiment else ""
-        )
 
     # -- managing jobs (the CLI's cancel, retry and priority) ------------------------
     @staticmethod
@@ -1019,7 +822,7 @@ class JobDB:
         found = {r[0]: r for r in rows}
         missing = [i for i in ids if i not in found]
         if missing:
-            raise ValueError(f"no job with id {missing[0]}")
+            raise BadInput(f"no job with id {missing[0]}")
         return found
 
     def cancel(self, ids: Sequence[int], strict: bool = True) -> dict[str, list[int]]:
@@ -1039,7 +842,7 @@ class JobDB:
                 for job_id in ids:
                     status = found[job_id][1]
                     if status not in ("pending", "running"):
-                        raise ValueError(
+                        raise BadInput(
                             f"job {job_id} is {status}; only pending or running jobs "
                             "can be cancelled"
                         )
@@ -1062,18 +865,17 @@ class JobDB:
                     )
             return done
 
-        return self._write(cancel)
+        return self.write(cancel)
 
     def retry(
-        self, ids: Sequence[int], attempts: int = DEFAULT_MAX_ATTEMPTS, strict: bool = True
+        self, ids: Sequence[int], attempts: int = MAX_ATTEMPTS, strict: bool = True
     ) -> list[int]:
         """Move failed or cancelled jobs back to pending, keeping their attempt history.
 
         Each gets ``attempts`` more attempts.  With ``strict``, any other status
         (a running job above all) is an error and nothing changes.
         """
-        if isinstance(attempts, bool) or not isinstance(attempts, int) or attempts < 1:
-            raise ValueError(f"attempts must be a whole number of 1 or more, got {attempts!r}")
+        validate_attempts(attempts)
 
         def retry(conn: sqlite3.Connection) -> list[int]:
             found = self._statuses_of(conn, ids)
@@ -1081,9 +883,9 @@ class JobDB:
                 for job_id in ids:
                     status = found[job_id][1]
                     if status == "running":
-                        raise ValueError(f"job {job_id} is running; cancel it first, then retry it")
+                        raise BadInput(f"job {job_id} is running; cancel it first, then retry it")
                     if status not in ("failed", "cancelled"):
-                        raise ValueError(
+                        raise BadInput(
                             f"job {job_id} is {status}; only failed or cancelled jobs "
                             "can be retried"
                         )
@@ -1091,7 +893,7 @@ class JobDB:
                 job_id for job_id in sorted(found) if self._requeue_finished(conn, job_id, attempts)
             ]
 
-        return self._write(retry)
+        return self.write(retry)
 
     def set_priority(
         self, ids: Sequence[int], value: Optional[int] = None, boost: Optional[int] = None
@@ -1101,11 +903,11 @@ class JobDB:
         Every new priority is validated before any is written.
         """
         if (value is None) == (boost is None):
-            raise ValueError("give either a priority to set or a boost")
+            raise BadInput("give either a priority to set or a boost")
         if value is not None:
             value = validate_priority(value)
         if boost is not None and (isinstance(boost, bool) or not isinstance(boost, int)):
-            raise ValueError(f"boost must be a whole number, got {boost!r}")
+            raise BadInput(f"boost must be a whole number, got {boost!r}")
 
         def update(conn: sqlite3.Connection) -> list[tuple[int, int, int]]:
             found = self._statuses_of(conn, ids)
@@ -1122,11 +924,11 @@ class JobDB:
             )
             return changes
 
-        return self._write(update)
+        return self.write(update)
 
     def last_attempts(self, ids: Sequence[int]) -> dict[int, dict]:
         """The latest attempt of each job (how ``cancel`` sees its worker's acknowledgement)."""
-        rows = self._read(
+        rows = self.rows(
             "SELECT job_id, attempt, worker, host, started, ended, outcome, detail FROM attempts "
             "WHERE id IN (SELECT max(id) FROM attempts "
             "WHERE job_id IN (SELECT value FROM json_each(?)) GROUP BY job_id)",
@@ -1139,7 +941,7 @@ class JobDB:
         rows = self.list_jobs(ids=[job_id])
         if not rows:
             return None
-        extra = self._read(
+        extra = self.rows(
             "SELECT j.identity, j.max_attempts, j.run_sweep_id, s.app, s.kind, s.cwd, "
             "s.sweep_dir, s.spec FROM jobs j JOIN sweeps s ON s.id = j.sweep_id WHERE j.id = ?",
             (job_id,),
@@ -1152,6 +954,17 @@ class JobDB:
 
     def sweeps(self) -> list[dict]:
         """Every sweep's id, experiment, app, kind and folder (small: one row per sweep)."""
-        return self._read(
+        return self.rows(
             "SELECT id, experiment, app, kind, cwd, sweep_dir, created FROM sweeps ORDER BY id"
         )
+
+
+def _insert(conn: sqlite3.Connection, table: str, rows: list[dict], replace: bool = False) -> int:
+    """Insert ``rows`` (dicts with the same keys); returns the first new rowid."""
+    columns = list(rows[0])
+    verb = "INSERT OR REPLACE" if replace else "INSERT"
+    conn.executemany(
+        f"{verb} INTO {table} ({', '.join(columns)}) VALUES ({', '.join('?' * len(columns))})",
+        [tuple(r[c] for c in columns) for r in rows],
+    )
+    return conn.execute("SELECT last_insert_rowid()").fetchone()[0] - len(rows) + 1

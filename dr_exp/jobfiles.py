@@ -22,17 +22,13 @@ import time
 from pathlib import Path
 from typing import Any, Iterable, Optional
 
+from dr_exp.paths import ENV_EXPERIMENT, ENV_JOB_ID, ENV_OUTPUT_DIR, ENV_WORKER_ID
+
 JOB_FILE = "job.json"
 ERROR_FILE = "error.txt"
 EVENTS_FILE = "events.jsonl"
 METRICS_FILE = "metrics.json"
 MANIFEST_FILE = "dr_exp_jobs.jsonl"
-
-# Set in each job's process, for StructuredLogger and for the job's own code.
-ENV_JOB_ID = "DR_EXP_JOB_ID"
-ENV_OUTPUT_DIR = "DR_EXP_OUTPUT_DIR"
-ENV_WORKER_ID = "DR_EXP_WORKER_ID"
-ENV_EXPERIMENT = "DR_EXP_EXPERIMENT"
 
 
 def write_json(path: Path, data: Any) -> None:
@@ -44,6 +40,9 @@ def write_json(path: Path, data: Any) -> None:
 
 def job_started(output_dir: str, job: Any, worker_id: Optional[str] = None) -> None:
     """In the job process, before the job runs: set the environment, write ``job.json``.
+
+    The environment (``$DR_EXP_JOB_ID``, ``$DR_EXP_OUTPUT_DIR``) is for
+    StructuredLogger and for the job's own code.
 
     An earlier attempt's ``error.txt`` is removed, so the folder tells the truth
     about this attempt.
@@ -122,3 +121,14 @@ def read_manifest(sweep_dir: Path) -> list[dict]:
         except ValueError:
             continue  # a torn last line from an interrupted write
     return entries
+
+
+def write_error_file(output_dir: Optional[str], text: str) -> None:
+    """A failed job's traceback, in its folder; never fails the worker that writes it."""
+    if not output_dir:
+        return
+    try:
+        Path(output_dir).mkdir(parents=True, exist_ok=True)
+        (Path(output_dir) / ERROR_FILE).write_text(text)
+    except OSError:
+        pass

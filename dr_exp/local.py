@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Optional, Sequence
 
 import dr_exp
+from dr_exp import paths
 from dr_exp.gpu import visible_gpus
 
 
@@ -76,7 +77,8 @@ class LocalWorkers:
         missing = self.count - len(self.processes)
         if missing <= 0:
             return
-        self.log_dir.mkdir(parents=True, exist_ok=True)
+        shared = paths.is_shared_folder(self.log_dir.parent)  # a queue a group shares
+        paths.ensure_dir(self.log_dir, shared)
         gpus = visible_gpus()
         env = worker_env()
         stamp = time.strftime("%Y%m%d-%H%M%S")
@@ -85,6 +87,7 @@ class LocalWorkers:
             if gpus:
                 env["CUDA_VISIBLE_DEVICES"] = gpus[slot % len(gpus)]
             log_path = self.log_dir / f"worker-{stamp}-{os.getpid()}-{slot}.log"
+            paths.create_file(log_path, shared)
             with open(log_path, "ab") as log_file:
                 proc = subprocess.Popen(
                     self.command(),

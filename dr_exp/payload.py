@@ -21,19 +21,15 @@ from typing import Any
 
 import cloudpickle
 
+from dr_exp import paths
+
 
 class SignatureMismatch(Exception):
     """The stored pickle was not signed with this user's key: it is never loaded."""
 
 
 def key_path() -> Path:
-    explicit = os.environ.get("DR_EXP_SECRET_KEY_FILE")
-    if explicit:
-        return Path(explicit).expanduser()
-    config_home = os.environ.get("XDG_CONFIG_HOME") or os.path.join(
-        os.path.expanduser("~"), ".config"
-    )
-    return Path(config_home) / "dr_exp" / "secret.key"
+    return paths.secret_key_file()
 
 
 _cached_key: tuple[Path, bytes] | None = None

@@ -174,7 +174,8 @@ def _rows_from_sweep_dir(sweep_dir: Path) -> list[dict]:
 def _rows_from_db(
     experiment: Optional[str], db: Optional[str], base_path: Optional[str], tags: Sequence[str]
 ) -> list:
-    from dr_exp.db import JobDB, db_path_for
+    from dr_exp.db import JobDB
+    from dr_exp.paths import job_db as db_path_for
 
     store = JobDB.open(db_path_for(db, base_path), create=False)
     try:

@@ -15,16 +15,13 @@ import subprocess
 from pathlib import Path
 from typing import Any, Mapping, Optional
 
+from dr_exp import defaults
+from dr_exp.config import SUBMITIT_BASE_KEYS
 from dr_exp.db import JobDB
 from dr_exp.supervisor import SupervisorSettings, run_supervisor
 
 log = logging.getLogger("dr_exp.slurm")
 
-# hydra-submitit-launcher's BaseQueueConf keys: passed to submitit without a prefix.
-BASE_KEYS = {
-    "timeout_min", "cpus_per_task", "gpus_per_node", "tasks_per_node", "mem_gb", "nodes",
-    "name", "stderr_to_stdout",
-}  # fmt: skip
 # Keys that configure dr_exp or the executor itself, not sbatch.
 OWN_KEYS = {"submitit_folder", "array_size", "max_num_timeout", "array_parallelism"}
 
@@ -68,11 +65,11 @@ def executor_parameters(slurm: Mapping[str, Any]) -> dict[str, Any]:
             continue
         if key == "setup":
             params["slurm_setup"] = list(value)
-        elif key in BASE_KEYS:
+        elif key in SUBMITIT_BASE_KEYS:
             params[key] = value
         else:
             params[f"slurm_{key}"] = value
-    params["slurm_array_parallelism"] = slurm.get("array_parallelism") or 256
+    params["slurm_array_parallelism"] = slurm.get("array_parallelism") or defaults.ARRAY_PARALLELISM
     return params
 
 
@@ -103,7 +100,9 @@ def submit_workers(
         db = JobDB.open(db_path, create=False)
         try:
             pending = sum(r["n"] for r in db.status_counts(experiment) if r["status"] == "pending")
-            live = db.live_workers(3 * float(sup.get("heartbeat_s", 10.0)), experiment)
+            live = db.live_workers(
+                3 * float(sup.get("heartbeat_s", defaults.HEARTBEAT_S)), experiment
+            )
         finally:
             db.close()
         idle = sum(1 for w in live if w["state"] == "idle")

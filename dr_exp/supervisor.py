@@ -28,9 +28,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
+from dr_exp import defaults, paths
 from dr_exp.gpu import visible_gpus
 from dr_exp.local import worker_command, worker_env
-from dr_exp.sync import SupervisorSync
+from dr_exp.sync.uploader import SupervisorSync
 
 log = logging.getLogger("dr_exp.supervisor")
 
@@ -45,13 +46,13 @@ class SupervisorSettings:
     cpu_workers: Optional[int] = None  # with no GPU; default: workers_per_gpu
     max_hours: Optional[float] = None
     reserve_minutes: float = 0.0
-    idle_timeout: float = 60.0
-    lease_s: float = 60.0
-    heartbeat_s: float = 10.0
-    grace_s: float = 10.0
-    crash_limit: int = 5  # this many failed exits within crash_window_s: give up on the slot
-    crash_window_s: float = 120.0
-    backoff_max_s: float = 30.0
+    idle_timeout: float = defaults.WORKER_IDLE_TIMEOUT_S
+    lease_s: float = defaults.LEASE_S
+    heartbeat_s: float = defaults.HEARTBEAT_S
+    grace_s: float = defaults.GRACE_S
+    crash_limit: int = defaults.CRASH_LIMIT  # failed exits within crash_window_s: give up
+    crash_window_s: float = defaults.CRASH_WINDOW_S
+    backoff_max_s: float = defaults.RESTART_BACKOFF_MAX_S
 
 
 @dataclass
@@ -91,20 +92,14 @@ class NodeSupervisor:
             self.stop_signal = signum
 
     def _spawn(self, slot: Slot) -> None:
-        env = dict(worker_env(), DR_EXP_SUPERVISOR=self.id)
+        env = dict(worker_env(), **{paths.ENV_SUPERVISOR: self.id})
         if slot.gpu is not None:
             env["CUDA_VISIBLE_DEVICES"] = slot.gpu
-        cmd = worker_command(
-            self.s.db_path,
-            self.s.experiment,
-            idle_timeout=self.s.idle_timeout,
-            extra=[
-                "--lease", str(self.s.lease_s),
-                "--heartbeat", str(self.s.heartbeat_s),
-                "--grace", str(self.s.grace_s),
-            ]
-            + (["--stop-claiming-at", str(self.stop_claiming_at)] if self.stop_claiming_at else []),
-        )  # fmt: skip
+        extra = [f"--lease={self.s.lease_s}", f"--heartbeat={self.s.heartbeat_s}"]
+        extra.append(f"--grace={self.s.grace_s}")
+        if self.stop_claiming_at:
+            extra.append(f"--stop-claiming-at={self.stop_claiming_at}")
+        cmd = worker_command(self.s.db_path, self.s.experiment, self.s.idle_timeout, extra)
         slot.process = subprocess.Popen(cmd, env=env, stdin=subprocess.DEVNULL)
         log.info(
             "slot %d: worker pid %d started (GPU %s)",

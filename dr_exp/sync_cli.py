@@ -17,8 +17,8 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Optional
 
-from dr_exp.db import DatabaseError
-from dr_exp.syncq import SyncQueue
+from dr_exp.errors import DatabaseError
+from dr_exp.sync.queue import SyncQueue
 
 STATES = ("pending", "uploading", "uploaded", "failing")
 
@@ -36,11 +36,11 @@ RUN_DESCRIPTION = (
 
 
 def queue_path(args: argparse.Namespace) -> Path:
-    from dr_exp.sync import default_queue_path
+    from dr_exp.paths import sync_queue
 
     if getattr(args, "queue", None):
         return Path(args.queue).expanduser().absolute()
-    return default_queue_path(args.db)
+    return sync_queue(db=args.db)
 
 
 def add_sync_commands(sub: Any, common: Callable[[argparse.ArgumentParser, bool], None]) -> None:
@@ -113,9 +113,9 @@ def summary_line(summary: dict) -> str:
 
 def status_summary(db: Optional[str]) -> Optional[dict]:
     """The sync queue's counts for ``dr_exp status``; None when there is no queue."""
-    from dr_exp.sync import default_queue_path
+    from dr_exp.paths import sync_queue
 
-    path = default_queue_path(db)
+    path = sync_queue(db=db)
     if not path.exists():
         return None
     try:
@@ -193,7 +193,7 @@ def cmd_sync_status(args: argparse.Namespace) -> int:
 
 
 def cmd_sync_run(args: argparse.Namespace) -> int:
-    from dr_exp.sync import Uploader
+    from dr_exp.sync.uploader import Uploader
 
     if args.heartbeat <= 0:
         raise ValueError("--heartbeat must be more than 0 seconds")

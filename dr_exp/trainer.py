@@ -33,15 +33,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Optional
 
-from dr_exp import jobfiles
-from dr_exp.db import Job, Sweep
+from dr_exp import jobfiles, paths
+from dr_exp.context import JobContext
+from dr_exp.db import Job, SweepRow
+from dr_exp.errors import BadInput
 from dr_exp.utils import import_function
 
 PROJECT_SETTINGS = "dr_exp.yaml"  # in the base path: project-wide settings such as `trainer`
 LOG_FILE = "train.log"
 
 
-class TrainerError(ValueError):
+class TrainerError(BadInput):
     """A trainer that cannot be named: no trainer key, or a YAML file that is not a mapping."""
 
 
@@ -81,7 +83,7 @@ def trainer_name(explicit: Optional[str], config_path: Path, base_path: Path) ->
 
 
 @dataclass
-class TrainerContext:
+class TrainerSweep(JobContext):
     """What a worker needs to run the jobs of one trainer sweep."""
 
     sweep_id: int
@@ -92,7 +94,7 @@ class TrainerContext:
     want_returns: bool = False
 
     @classmethod
-    def from_sweep(cls, sweep: Sweep) -> TrainerContext:
+    def from_sweep(cls, sweep: SweepRow) -> TrainerSweep:
         return cls(
             sweep_id=sweep.id,
             cwd=sweep.cwd,
@@ -101,9 +103,10 @@ class TrainerContext:
             sweep_dir=sweep.sweep_dir or os.path.join(sweep.cwd, "outputs", sweep.experiment),
         )
 
-    def run_job(self, job: Job, report: Callable[[dict], None]) -> dict:
+    def run(self, job: Job, report: Callable[[dict], None]) -> dict:
         """In the forked job process: compose, call the trainer, record what it returned."""
-        from dr_exp.runner import error_summary, to_json, write_error_file
+        from dr_exp.jobfiles import write_error_file
+        from dr_exp.returns import error_summary, to_json
 
         output_dir = os.path.join(job.sweep_dir or self.sweep_dir, job.sweep_subdir or str(job.id))
         report({"output_dir": output_dir})
@@ -117,7 +120,7 @@ class TrainerContext:
             logging.getLogger("dr_exp.trainer").info(
                 "job %s: %s %s", job.id, self.spec["trainer"], " ".join(job.overrides)
             )
-            ret = fn(str(job.id), os.environ.get(jobfiles.ENV_WORKER_ID, ""), output_dir, **config)
+            ret = fn(str(job.id), os.environ.get(paths.ENV_WORKER_ID, ""), output_dir, **config)
             metrics = ret.get("metrics", ret) if isinstance(ret, dict) else None
             if isinstance(metrics, dict):
                 jobfiles.write_json(Path(output_dir) / jobfiles.METRICS_FILE, metrics)

@@ -25,7 +25,9 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Optional, Union
 
-from dr_exp.jobfiles import ENV_JOB_ID, ENV_OUTPUT_DIR, EVENTS_FILE
+from dr_exp.errors import BadInput
+from dr_exp.jobfiles import EVENTS_FILE
+from dr_exp.paths import ENV_JOB_ID, ENV_OUTPUT_DIR
 
 
 def _default_dir() -> Path:
@@ -93,7 +95,7 @@ def format_event(event: dict) -> str:
     return f"{event.get('time', '')}  {event.get('event', '')}  {fields}".rstrip()
 
 
-class FunctionNotFound(ValueError):
+class FunctionNotFound(BadInput):
     """A ``pkg.module:function`` that cannot be imported (reported as one line)."""
 
 

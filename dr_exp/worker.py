@@ -26,20 +26,16 @@ import socket
 import sys
 import time
 from collections import OrderedDict
-from typing import Optional, Union
+from typing import Optional
 
-from dr_exp import jobfiles, payload, trainer
-from dr_exp.db import DEFAULT_LEASE_S, Job, JobDB, Outcome
+from dr_exp import defaults, paths, payload
+from dr_exp.context import JobContext, SweepUnavailable
+from dr_exp.db import Job, JobDB, Outcome
 from dr_exp.gpu import GpuTelemetry
-from dr_exp.runner import (
-    FORWARDED_SIGNALS,
-    FrameReader,
-    SweepContext,
-    child_main,
-    describe_exit,
-    write_error_file,
-)
-from dr_exp.sync import WorkerSync
+from dr_exp.jobfiles import write_error_file
+from dr_exp.kinds import load_context
+from dr_exp.runner import FORWARDED_SIGNALS, FrameReader, child_main, describe_exit
+from dr_exp.sync.uploader import WorkerSync
 
 log = logging.getLogger("dr_exp.worker")
 
@@ -53,13 +49,13 @@ class Worker:
         self,
         db: JobDB,
         experiment: Optional[str] = None,
-        idle_timeout: float = 60.0,
-        grace_period: float = 10.0,
+        idle_timeout: float = defaults.WORKER_IDLE_TIMEOUT_S,
+        grace_period: float = defaults.GRACE_S,
         poll_min: float = 0.05,
         poll_max: float = 1.0,
         max_jobs: Optional[int] = None,
-        lease_s: float = DEFAULT_LEASE_S,
-        heartbeat_s: float = 10.0,
+        lease_s: float = defaults.LEASE_S,
+        heartbeat_s: float = defaults.HEARTBEAT_S,
         stop_claiming_at: Optional[float] = None,
         supervisor: Optional[str] = None,
     ) -> None:
@@ -72,7 +68,7 @@ class Worker:
         self.worker_id = make_worker_id()
         self.host = socket.gethostname()
         self.stop_signal: Optional[int] = None
-        self._contexts: OrderedDict[int, Union[SweepContext, str]] = OrderedDict()
+        self._contexts: OrderedDict[int, JobContext] = OrderedDict()
         self._active_sweep: Optional[int] = None
         self._wakeup_r, self._wakeup_w = os.pipe()
         self.jobs_done = 0
@@ -106,7 +102,9 @@ class Worker:
     # -- the loop ---------------------------------------------------------------
     def run(self) -> int:
         self._install_signal_handlers()
-        os.environ[jobfiles.ENV_WORKER_ID] = self.worker_id  # job processes inherit it
+        if paths.is_shared_folder(self.db.path.parent):
+            paths.share_with_group()  # a group's queue: its members write the job folders too
+        os.environ[paths.ENV_WORKER_ID] = self.worker_id  # job processes inherit it
         self.db.register_worker(
             {
                 "id": self.worker_id,
@@ -181,32 +179,16 @@ class Worker:
         self._drain_wakeups()
 
     # -- one job ----------------------------------------------------------------
-    def _context(self, sweep_id: int) -> Union[SweepContext, str]:
-        """The sweep's unpickled context, or the error that stops its jobs from running."""
+    def _context(self, sweep_id: int) -> JobContext:
+        """The sweep's context, loaded once (the last few are kept); SweepUnavailable if its
+        jobs cannot run.  A failure is not cached: a fixed sweep row loads next time."""
         if sweep_id in self._contexts:
             self._contexts.move_to_end(sweep_id)
             return self._contexts[sweep_id]
         sweep = self.db.get_sweep(sweep_id)
-        ctx: Union[SweepContext, str]
         if sweep is None:
-            ctx = f"sweep {sweep_id} is missing from the database"
-        elif sweep.kind == "trainer":
-            ctx = trainer.TrainerContext.from_sweep(sweep)
-        else:
-            for entry in reversed(sweep.sys_path):
-                if entry not in sys.path:
-                    sys.path.insert(0, entry)
-            try:
-                ctx = payload.loads(
-                    sweep.payload, sweep.signature, what=f"sweep {sweep_id} payload"
-                )
-                ctx.cwd = sweep.cwd  # type: ignore[attr-defined]
-                ctx.want_returns = sweep.want_returns  # type: ignore[attr-defined]
-            except payload.SignatureMismatch as e:
-                ctx = str(e)
-            except Exception as e:
-                ctx = f"cannot load sweep {sweep_id}'s task: {type(e).__name__}: {e}"
-        self._contexts[sweep_id] = ctx
+            raise SweepUnavailable(f"sweep {sweep_id} is missing from the database")
+        ctx = self._contexts[sweep_id] = load_context(sweep)
         if len(self._contexts) > 8:
             self._contexts.popitem(last=False)
         return ctx
@@ -214,16 +196,13 @@ class Worker:
     def run_job(self, job: Job) -> Optional[Outcome]:
         """Run ``job`` to an outcome; None when it was put back to pending."""
         sweep_id = job.run_sweep_id or job.sweep_id  # a re-queued job runs with its new sweep
-        ctx = self._context(sweep_id)
-        if isinstance(ctx, str):
-            log.error("job %s failed: %s", job.id, ctx)
-            return Outcome(status="failed", error=ctx)
-        if self._active_sweep != sweep_id and isinstance(ctx, SweepContext):
-            from hydra.core.singleton import Singleton
-            from hydra.core.utils import setup_globals
-
-            setup_globals()
-            Singleton.set_state(ctx.singleton_state)  # done once here, inherited by each fork
+        try:
+            ctx = self._context(sweep_id)
+        except SweepUnavailable as e:
+            log.error("job %s failed: %s", job.id, e)
+            return Outcome(status="failed", error=str(e))
+        if self._active_sweep != sweep_id:
+            ctx.activate()  # done once here, inherited by each fork
             self._active_sweep = sweep_id
         log.info("job %s: %s #%s %s", job.id, job.experiment, job.job_num, " ".join(job.overrides))
         started = time.monotonic()
@@ -234,7 +213,7 @@ class Worker:
             log.info("job %s %s in %.1f s", job.id, outcome.status, time.monotonic() - started)
         return outcome
 
-    def _run_forked(self, ctx: SweepContext, job: Job) -> Optional[Outcome]:
+    def _run_forked(self, ctx: JobContext, job: Job) -> Optional[Outcome]:
         sys.stdout.flush()
         sys.stderr.flush()
         read_fd, write_fd = os.pipe()
@@ -242,7 +221,7 @@ class Worker:
         pid = os.fork()
         if pid == 0:  # the job process
             os.close(read_fd)
-            child_main(ctx, ctx.cwd, job, ctx.want_returns, write_fd, parent_pid)  # type: ignore[attr-defined]
+            child_main(ctx, job, write_fd, parent_pid)
         os.close(write_fd)
         try:
             os.setpgid(pid, pid)  # also here, so a signal sent right away reaches the group

@@ -13,7 +13,9 @@ import pytest
 import sqlite_utils
 
 from dr_exp import db as dbmod
-from dr_exp.db import DatabaseError, JobDB, Outcome
+from dr_exp import store
+from dr_exp.db import JobDB, Outcome
+from dr_exp.errors import DatabaseError
 
 
 def _sweep(db: JobDB, experiment: str = "exp") -> int:
@@ -21,6 +23,17 @@ def _sweep(db: JobDB, experiment: str = "exp") -> int:
         experiment=experiment, app="app", cwd="/", sys_path=[], sweep_dir="d",
         config_yaml="", payload=b"p", signature="s", want_returns=False,
     )  # fmt: skip
+
+
+def explain(db: JobDB, sql: str, params=()) -> list[str]:
+    """EXPLAIN QUERY PLAN details, to pin which index a statement uses."""
+    return [r[3] for r in db.conn.execute("EXPLAIN QUERY PLAN " + sql, params).fetchall()]
+
+
+def claim_sql(by_experiment: bool) -> str:
+    return JobDB.CLAIM_SQL.format(
+        experiment_filter="AND experiment = :experiment" if by_experiment else ""
+    )
 
 
 def _claimer(path: str, worker: str, out: str) -> None:
@@ -122,14 +135,11 @@ def test_claim_and_status_use_indexes(tmp_path: Path) -> None:
     """At a million rows a scan would be ruinous; pin the plans instead of timing them."""
     db = JobDB.open(tmp_path / "jobs.db")
     params = {"worker": "w", "host": "h", "now": 0.0, "experiment": "e", "lease_expires": 1.0}
-    assert any("USING INDEX jobs_pending" in d for d in db.query_plan(db.claim_sql(False), params))
+    assert any("USING INDEX jobs_pending" in d for d in explain(db, claim_sql(False), params))
     assert any(
-        "USING INDEX jobs_pending_by_experiment" in d
-        for d in db.query_plan(db.claim_sql(True), params)
+        "USING INDEX jobs_pending_by_experiment" in d for d in explain(db, claim_sql(True), params)
     )
-    plan = db.query_plan(
-        "SELECT experiment, status, count(*) FROM jobs GROUP BY experiment, status"
-    )
+    plan = explain(db, "SELECT experiment, status, count(*) FROM jobs GROUP BY experiment, status")
     assert any("COVERING INDEX jobs_experiment_status" in d for d in plan)
 
 
@@ -140,7 +150,7 @@ def test_claim_stays_indexed_with_many_finished_rows(tmp_path: Path) -> None:
     db.conn.execute("UPDATE jobs SET status = 'completed' WHERE id < ?", (ids[-5],))
     db.conn.execute("ANALYZE")  # the planner must still choose the partial index
     params = {"worker": "w", "host": "h", "now": 0.0, "experiment": None, "lease_expires": 1.0}
-    assert any("USING INDEX jobs_pending" in d for d in db.query_plan(db.claim_sql(False), params))
+    assert any("USING INDEX jobs_pending" in d for d in explain(db, claim_sql(False), params))
     job = db.claim("w", "h")
     assert job is not None and job.id == ids[-5]
 
@@ -164,9 +174,10 @@ def test_wal_on_local_disk_and_rollback_journal_when_forced(
 
 
 def test_network_filesystems_are_detected_from_the_mount_table() -> None:
-    assert dbmod.filesystem_type(Path("/proc/self")) == "proc"
-    for fs in ("nfs", "nfs4", "lustre", "gpfs"):
-        assert fs in dbmod.NETWORK_FILESYSTEMS
+    assert store.filesystem_type(Path("/proc/self")) == "proc"
+    for fs in ("nfs", "nfs4", "lustre", "gpfs", "fuse.sshfs", "fuse.glusterfs"):
+        assert store.is_network_filesystem(fs), fs
+    assert not store.is_network_filesystem("ext4") and not store.is_network_filesystem(None)
 
 
 def test_version_1_database_is_migrated_with_its_jobs(tmp_path: Path) -> None:
@@ -196,7 +207,7 @@ def test_older_database_is_migrated(tmp_path: Path) -> None:
     sqlite3.connect(path).close()  # an empty file at schema version 0
     db = JobDB.open(path)
     assert db.schema_version() == dbmod.SCHEMA_VERSION
-    assert {"jobs", "sweeps", "results"} <= set(db.db.table_names())
+    assert {"jobs", "sweeps", "results"} <= set(sqlite_utils.Database(db.conn).table_names())
     db.close()
     # Opening again is a no-op that keeps the data.
     db = JobDB.open(path)

@@ -118,7 +118,7 @@ def test_supervisor_pins_cuda_visible_devices_per_worker(tmp_path: Path, db_path
     seen = {r["return_value"]["CUDA_VISIBLE_DEVICES"] for r in rows}
     assert seen <= {"3", "5"}
     db = JobDB.open(db_path, create=False)
-    workers = db._read("SELECT gpu FROM workers")
+    workers = db.rows("SELECT gpu FROM workers")
     assert sorted(w["gpu"] for w in workers) == ["3", "3", "5", "5"]
 
 

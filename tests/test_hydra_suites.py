@@ -79,7 +79,11 @@ class TestDrExpLauncherIntegration(IntegrationTestSuite):
 
 
 def test_plugin_discovery_imports_nothing_heavy() -> None:
-    """Hydra imports every hydra_plugins module on every app start: keep ours light."""
+    """Hydra imports every hydra_plugins module on every app start: keep ours light.
+
+    Discovery may import the settings' declaration (dr_exp.config, dr_exp.defaults),
+    and nothing else of dr_exp or its dependencies.
+    """
     import subprocess
     import sys
 
@@ -89,13 +93,12 @@ def test_plugin_discovery_imports_nothing_heavy() -> None:
         "from hydra.plugins.launcher import Launcher\n"
         "names = [p.__name__ for p in Plugins.instance().discover(Launcher)]\n"
         "assert 'DrExpLauncher' in names, names\n"
-        "heavy = [m for m in ('dr_exp', 'sqlite_utils', 'cloudpickle', 'pynvml', 'submitit')"
-        " if m in sys.modules]\n"
-        "print(','.join(heavy))\n"
+        "print(','.join(sorted(m for m in sys.modules if m.split('.')[0] in "
+        "('dr_exp', 'sqlite_utils', 'sqlite3', 'cloudpickle', 'pynvml', 'submitit'))))\n"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    heavy = [m for m in out.stdout.strip().split(",") if m]
-    assert heavy == [], f"plugin discovery imported {heavy}"
+    imported = [m for m in out.stdout.strip().split(",") if m]
+    assert imported == ["dr_exp", "dr_exp.config", "dr_exp.defaults"], imported
 
 
 def test_hydra_plugins_is_a_namespace_package() -> None:

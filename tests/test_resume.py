@@ -12,9 +12,11 @@ import pytest
 import sqlite_utils
 from conftest import ROOT, run_app, run_cli
 from manage_helpers import MANAGED, attempts, by_override, rows
+from test_db import explain
 
 from dr_exp import db as dbmod
-from dr_exp.db import JobDB, job_identity
+from dr_exp.db import JobDB
+from dr_exp.identity import job_identity
 
 APP = ROOT / "tests" / "apps" / "app.py"
 QUEUE_ONLY = ("hydra/launcher=dr_exp", "hydra.launcher.wait=false", "hydra.launcher.workers=0")
@@ -166,9 +168,9 @@ def test_identity_is_backfilled_when_a_version_2_database_is_migrated(tmp_path: 
     conn.close()
     db = JobDB.open(path)
     (job,) = db.list_jobs()
-    stored = db.db.execute("SELECT identity FROM jobs").fetchone()[0]
+    stored = db.conn.execute("SELECT identity FROM jobs").fetchone()[0]
     assert stored == job_identity("e", "train", ["a=1", "b=2"])
-    sweep = db.db.execute("SELECT kind FROM sweeps").fetchone()[0]
+    sweep = db.conn.execute("SELECT kind FROM sweeps").fetchone()[0]
     assert sweep == "hydra"
     # Re-submitting the old job finds it: the failed job is queued again, not duplicated.
     rerun = db.add_sweep(experiment="e", app="train", cwd="/", sys_path=[], sweep_dir="d",
@@ -204,7 +206,8 @@ def test_enqueue_batch_in_one_transaction(tmp_path: Path) -> None:
     # Another experiment is another job, even with the same overrides.
     other = db.enqueue_batch(second, "f", [(0, ["x=1"])])
     assert other.actions == ["queued"]
-    plan = db.query_plan(
+    plan = explain(
+        db,
         "SELECT id FROM jobs WHERE experiment = ? AND identity IN (SELECT value FROM json_each(?))",
         ("e", "[]"),
     )

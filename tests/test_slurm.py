@@ -81,7 +81,7 @@ def test_a_sweep_is_drained_by_a_two_task_array_with_pinned_gpus(
     tasks = {e["SLURM_ARRAY_TASK_ID"] for e in envs}
     assert tasks <= {"0", "1"} and len({e["SLURM_ARRAY_JOB_ID"] for e in envs}) == 1
     db = JobDB.open(db_path, create=False)
-    workers = db._read("SELECT slurm_job_id, gpu FROM workers")
+    workers = db.rows("SELECT slurm_job_id, gpu FROM workers")
     assert len(workers) == 4
     # Each job saw the GPU that SLURM gave its array task, and the tasks got different GPUs.
     for e in envs:
@@ -144,7 +144,7 @@ def test_scancel_of_one_task_requeues_its_jobs_for_the_other(tmp_path: Path, db_
     db = JobDB.open(db_path, create=False)
 
     def busy_in_task(task: str) -> list[dict]:
-        return [w for w in db._read("SELECT * FROM workers WHERE state = 'busy'")
+        return [w for w in db.rows("SELECT * FROM workers WHERE state = 'busy'")
                 if (w["slurm_job_id"] or "").endswith(f"_{task}")]  # fmt: skip
 
     wait_for(lambda: busy_in_task("0") and busy_in_task("1"), timeout=180,
@@ -165,7 +165,7 @@ def test_scancel_of_one_task_requeues_its_jobs_for_the_other(tmp_path: Path, db_
     requeued = [r for r in rows if "requeued" in outcomes.get(r["id"], [])]
     assert all(r["attempts"] == 1 for r in requeued)
     # ... and the other task finished them.
-    task1 = {w["id"] for w in db._read("SELECT id, slurm_job_id FROM workers")
+    task1 = {w["id"] for w in db.rows("SELECT id, slurm_job_id FROM workers")
              if w["slurm_job_id"].endswith("_1")}  # fmt: skip
     for job_id in running_in_0:
         (done,) = [a for a in db.attempts(job_id) if a["outcome"] == "completed"]

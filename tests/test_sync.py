@@ -17,16 +17,19 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 from conftest import ROOT, run_app, run_cli
 from test_fleet import alive
 from test_worker import jobs, wait_for
 
+from dr_exp import paths
 from dr_exp.db import JobDB
 from dr_exp.sync import record_finished
-from dr_exp.sync_dest import TMP_MARK
-from dr_exp.syncq import LeaseLost, SyncQueue, Target
+from dr_exp.sync.callback import attach_callback, validate_settings
+from dr_exp.sync.destinations import TMP_MARK
+from dr_exp.sync.queue import LeaseLost, SyncQueue, Target
 
 APP = ROOT / "tests" / "apps" / "sync_app.py"
 SSHD_UP = ROOT / "tests" / "sync" / "sshd-up.sh"
@@ -79,7 +82,7 @@ def workers_exited(db_path: Path) -> bool:
     """Every worker process is gone: no background uploader is left to race `dr_exp sync run`."""
     db = JobDB.open(db_path, create=False)
     try:
-        return not any(alive(w["pid"]) for w in db._read("SELECT pid FROM workers"))
+        return not any(alive(w["pid"]) for w in db.rows("SELECT pid FROM workers"))
     finally:
         db.close()
 
@@ -95,8 +98,9 @@ def same_tree(src: Path, dst: Path) -> None:
 def test_claims_are_exclusive_leases_expire_and_rerecords_resend(tmp_path: Path) -> None:
     folder = tmp_path / "out" / "0"
     folder.mkdir(parents=True)
-    target = Target(dest=str(tmp_path / "dest"), options={}, rsync_args=[], bwlimit=0,
-                    background=True)  # fmt: skip
+    target = Target(
+        dest=str(tmp_path / "dest"), options={}, rsync_args=[], bwlimit=0, background=True
+    )
     a = SyncQueue.open(tmp_path / "q.db")
     b = SyncQueue.open(tmp_path / "q.db")
     assert a.schema_version() == 1
@@ -126,13 +130,13 @@ def test_claims_are_exclusive_leases_expire_and_rerecords_resend(tmp_path: Path)
 def test_a_fork_waits_until_no_upload_thread_holds_the_gate() -> None:
     import threading
 
-    from dr_exp import sync
+    from dr_exp.sync import uploader
 
-    sync._guard_forks()  # what a worker does when it starts an upload thread
+    uploader._guard_forks()  # what a worker does when it starts an upload thread
     inside, released = threading.Event(), []
 
     def upload_step() -> None:  # an upload thread in the middle of a SQLite call
-        with sync.FORK_GATE:
+        with uploader.FORK_GATE:
             inside.set()
             time.sleep(0.3)
             released.append(True)
@@ -142,19 +146,88 @@ def test_a_fork_waits_until_no_upload_thread_holds_the_gate() -> None:
     inside.wait()
     pid = os.fork()
     if pid == 0:  # the job: the gate is free here, and its own forks are not gated
-        os._exit(0 if sync.FORK_GATE.acquire(blocking=False) else 1)
+        os._exit(0 if uploader.FORK_GATE.acquire(blocking=False) else 1)
     assert released == [True]  # the fork waited for the thread to leave the gate
     assert os.waitpid(pid, 0)[1] == 0
     thread.join()
+
+
+def mode(path: Path) -> int:
+    return path.stat().st_mode & 0o7777
+
+
+@pytest.mark.parametrize("how", ["setting", "environment", "private"])
+def test_a_group_shared_queue_is_group_writable_whatever_the_umask(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, how: str
+) -> None:
+    monkeypatch.delenv(paths.ENV_SYNC_QUEUE, raising=False)
+    if how == "environment":
+        monkeypatch.setenv(paths.ENV_GROUP_SHARED, "1")
+    else:
+        monkeypatch.delenv(paths.ENV_GROUP_SHARED, raising=False)
+    shared = how != "private"
+    hydra_context = SimpleNamespace(callbacks=SimpleNamespace(callbacks=[]))
+    settings = validate_settings({"dest": str(tmp_path / "dest")})
+    db = tmp_path / "new" / "jobs.db"
+    old = os.umask(0o022)
+    try:
+        # What the launcher does with hydra.launcher.group_shared=true, before any job runs.
+        callback = attach_callback(hydra_context, settings, db, group_shared=how == "setting")
+        queue = Path(callback.queue)
+        assert queue == db.parent / ".sync_queue.db"
+        assert hydra_context.callbacks.callbacks == [callback]
+        assert (mode(queue), mode(queue.parent)) == ((0o660, 0o2770) if shared else (0o600, 0o700))
+        # A job's process creates a file there later, knowing nothing of the setting: the
+        # folder's setgid mark makes it group-writable too.
+        monkeypatch.delenv(paths.ENV_GROUP_SHARED, raising=False)
+        (tmp_path / "out").mkdir()
+        later = queue.parent / "later.db"
+        record_finished(tmp_path / "out", str(tmp_path / "dest"), queue=later)
+        assert mode(later) == (0o660 if shared else 0o600)
+    finally:
+        os.umask(old)
+
+
+def test_the_launcher_and_the_cli_agree_on_the_queue_of_the_environment(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.setenv(paths.ENV_SYNC_QUEUE, "~/sync.db")
+    monkeypatch.chdir(tmp_path)
+    hydra_context = SimpleNamespace(callbacks=SimpleNamespace(callbacks=[]))
+    settings = validate_settings({"dest": str(tmp_path / "dest")})
+    callback = attach_callback(hydra_context, settings, tmp_path / ".dr_exp" / "jobs.db")
+    assert callback.queue == str(tmp_path / "home" / "sync.db")
+    assert Path(callback.queue).is_file()
+    assert status("--queue", "~/sync.db")["folders"] == []
+
+
+def test_watching_and_uploading_do_not_import_hydra() -> None:
+    code = (
+        "import sys, dr_exp.sync, dr_exp.sync.queue, dr_exp.sync.uploader\n"
+        "assert 'hydra' not in sys.modules, 'hydra imported'\n"
+        "from hydra.utils import get_class\n"
+        "assert get_class('dr_exp.sync.SyncCallback') is dr_exp.sync.SyncCallback\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
 
 
 # -- a local destination ------------------------------------------------------------
 def test_every_folder_is_uploaded_failed_and_killed_jobs_too(tmp_path: Path, db_path: Path) -> None:
     dest = tmp_path / "dest"
     proc = run_app(
-        APP, "-m", "mode=write,fail,kill", "x=1", *LAUNCH, "hydra.launcher.workers=1",
-        "hydra.sweep.dir=out", f"hydra.launcher.sync.dest={dest}", cwd=tmp_path, check=False,
-    )  # fmt: skip
+        APP,
+        "-m",
+        "mode=write,fail,kill",
+        "x=1",
+        *LAUNCH,
+        "hydra.launcher.workers=1",
+        "hydra.sweep.dir=out",
+        f"hydra.launcher.sync.dest={dest}",
+        cwd=tmp_path,
+        check=False,
+    )
     assert proc.returncode == 1  # two jobs failed; the sweep reports them as usual
     assert "results upload in the background" in proc.stderr
     assert [r["status"] for r in jobs(db_path)] == ["completed", "failed", "failed"]
@@ -174,16 +247,28 @@ def test_a_folder_written_again_is_resent_with_only_its_new_files(
     tmp_path: Path, db_path: Path
 ) -> None:
     dest = tmp_path / "dest"
-    sweep = ["-m", "x=5", *LAUNCH, "hydra.launcher.workers=1", "hydra.sweep.dir=out",
-             f"hydra.launcher.sync.dest={dest}"]  # fmt: skip
+    sweep = [
+        "-m",
+        "x=5",
+        *LAUNCH,
+        "hydra.launcher.workers=1",
+        "hydra.sweep.dir=out",
+        f"hydra.launcher.sync.dest={dest}",
+    ]
     run_app(APP, *sweep, cwd=tmp_path)
     first = wait_uploaded(1)["0"]
     data = dest / "out/0/data_0.bin"
     inode = data.stat().st_ino
     # The job runs again in its folder (a resumed job): it appends and adds a file.
     run_app(APP, *sweep, "extra=hello", cwd=tmp_path)
-    wait_for(lambda: status()["folders"][0]["total_sent_files"] > first["total_sent_files"]
-             and states() == ["uploaded"], timeout=90, what="the second upload")  # fmt: skip
+    wait_for(
+        lambda: (
+            status()["folders"][0]["total_sent_files"] > first["total_sent_files"]
+            and states() == ["uploaded"]
+        ),
+        timeout=90,
+        what="the second upload",
+    )
     (second,) = status()["folders"]
     assert (dest / "out/0/extra.txt").read_text() == "hello"
     assert (dest / "out/0/log.txt").read_text().count("run x=5") == 2
@@ -203,10 +288,19 @@ def test_kill_9_mid_upload_is_finished_by_the_next_uploader(tmp_path: Path, db_p
     dest = tmp_path / "dest"
     size = 3_000_000  # at 750 KiB/s: 4 s to catch the upload in the middle
     run_app(
-        APP, "-m", "x=3", "files=1", f"size={size}", *LAUNCH, "hydra.launcher.workers=1",
-        "hydra.sweep.dir=out", f"hydra.launcher.sync.dest={dest}",
-        "hydra.launcher.sync.background=false", "hydra.launcher.sync.bwlimit=750", cwd=tmp_path,
-    )  # fmt: skip
+        APP,
+        "-m",
+        "x=3",
+        "files=1",
+        f"size={size}",
+        *LAUNCH,
+        "hydra.launcher.workers=1",
+        "hydra.sweep.dir=out",
+        f"hydra.launcher.sync.dest={dest}",
+        "hydra.launcher.sync.background=false",
+        "hydra.launcher.sync.bwlimit=750",
+        cwd=tmp_path,
+    )
     assert states() == ["pending"] and not dest.exists()  # background=false: workers leave it
     real = dest / "out/0/data_0.bin"
     uploader = subprocess.Popen(
@@ -238,8 +332,9 @@ def test_sync_run_follows_until_sigterm_and_gives_its_folder_back(
     folder.mkdir()
     (folder / "big.bin").write_bytes(os.urandom(2_000_000))
     record_finished(folder, str(dest), base=tmp_path, bwlimit=250)  # 8 s: stopped midway
-    uploader = subprocess.Popen([sys.executable, "-m", "dr_exp", "sync", "run"],
-                                stderr=subprocess.PIPE, text=True)  # fmt: skip
+    uploader = subprocess.Popen(
+        [sys.executable, "-m", "dr_exp", "sync", "run"], stderr=subprocess.PIPE, text=True
+    )
     wait_for(lambda: partial_size(dest, ".big.bin") > 0, timeout=60, what="the upload")
     uploader.send_signal(signal.SIGTERM)
     _, err = uploader.communicate(timeout=60)
@@ -257,10 +352,15 @@ def test_unreachable_destination_never_fails_a_job_and_shows_in_status(
     port = free_port()  # nothing listens there: connection refused
     ssh = f"ssh -p {port} -o BatchMode=yes -o ConnectTimeout=5"
     run_app(
-        APP, "-m", "x=1,2", *LAUNCH, "hydra.launcher.workers=1",
-        "hydra.launcher.sync.dest=root@127.0.0.1:/nowhere", f"hydra.launcher.sync.rsync_args=[-e,'{ssh}']",
+        APP,
+        "-m",
+        "x=1,2",
+        *LAUNCH,
+        "hydra.launcher.workers=1",
+        "hydra.launcher.sync.dest=root@127.0.0.1:/nowhere",
+        f"hydra.launcher.sync.rsync_args=[-e,'{ssh}']",
         cwd=tmp_path,
-    )  # fmt: skip
+    )
     assert [r["status"] for r in jobs(db_path)] == ["completed", "completed"]
     wait_for(lambda: states() == ["failing", "failing"], timeout=60, what="failed uploads")
     text = run_cli("sync", "status").stdout
@@ -286,8 +386,9 @@ def sshd(tmp_path_factory: pytest.TempPathFactory):
     need(problem)
     home = tmp_path_factory.mktemp("sshd")
     port = free_port()
-    proc = subprocess.run(["bash", str(SSHD_UP), str(home), str(port)], capture_output=True,
-                          text=True, timeout=600)  # fmt: skip
+    proc = subprocess.run(
+        ["bash", str(SSHD_UP), str(home), str(port)], capture_output=True, text=True, timeout=600
+    )
     if proc.returncode != 0:
         pytest.fail(f"tests/sync/sshd-up.sh failed:\n{proc.stderr[-2000:]}")
     pid = int((home / "sshd.pid").read_text())
@@ -300,9 +401,15 @@ def sshd(tmp_path_factory: pytest.TempPathFactory):
 
 def test_rsync_over_ssh(tmp_path: Path, db_path: Path, sshd: str) -> None:
     remote = tmp_path / "remote"  # on this machine, reached through sshd on 127.0.0.1
-    sweep = ["-m", "x=1,2", *LAUNCH, "hydra.launcher.workers=1", "hydra.sweep.dir=out",
-             f"hydra.launcher.sync.dest=root@127.0.0.1:{remote}",
-             f"hydra.launcher.sync.rsync_args=[-e,'{sshd}']"]  # fmt: skip
+    sweep = [
+        "-m",
+        "x=1,2",
+        *LAUNCH,
+        "hydra.launcher.workers=1",
+        "hydra.sweep.dir=out",
+        f"hydra.launcher.sync.dest=root@127.0.0.1:{remote}",
+        f"hydra.launcher.sync.rsync_args=[-e,'{sshd}']",
+    ]
     run_app(APP, *sweep, cwd=tmp_path)
     first = wait_uploaded(2)
     for n in ("0", "1"):
@@ -311,8 +418,14 @@ def test_rsync_over_ssh(tmp_path: Path, db_path: Path, sshd: str) -> None:
     inode = (remote / "out/0/data_0.bin").stat().st_ino
     # Run job 0 again in its folder: only what changed goes over the wire.
     run_app(APP, "-m", "x=1", "extra=more", *sweep[2:], cwd=tmp_path)
-    wait_for(lambda: status()["folders"][0]["total_sent_files"] > first["0"]["total_sent_files"]
-             and states() == ["uploaded", "uploaded"], timeout=90, what="the re-upload")  # fmt: skip
+    wait_for(
+        lambda: (
+            status()["folders"][0]["total_sent_files"] > first["0"]["total_sent_files"]
+            and states() == ["uploaded", "uploaded"]
+        ),
+        timeout=90,
+        what="the re-upload",
+    )
     again = {Path(f["path"]).name: f for f in status()["folders"]}["0"]
     assert (remote / "out/0/extra.txt").read_text() == "more"
     assert (remote / "out/0/data_0.bin").stat().st_ino == inode
@@ -328,8 +441,11 @@ def s3_endpoint():
         from moto.server import ThreadedMotoServer
     except ImportError as e:
         need(f"the S3 test needs the test extra (s3fs, moto[server]): {e}")
-    creds = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
-             "AWS_DEFAULT_REGION": "us-east-1"}  # fmt: skip
+    creds = {
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",
+        "AWS_DEFAULT_REGION": "us-east-1",
+    }
     saved = {k: os.environ.get(k) for k in creds}
     os.environ.update(creds)  # for this process and the workers it starts
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=free_port(), verbose=False)
@@ -350,9 +466,16 @@ def test_s3_through_fsspec(tmp_path: Path, db_path: Path, s3_endpoint: str) -> N
     fs = s3fs.S3FileSystem(endpoint_url=s3_endpoint)
     bucket = f"drexp-{tmp_path.name.lower().replace('_', '-')[-40:]}"
     fs.mkdir(bucket)
-    sweep = ["-m", "mode=write,fail", "x=2", *LAUNCH, "hydra.launcher.workers=1",
-             "hydra.sweep.dir=out", f"hydra.launcher.sync.dest=s3://{bucket}/results",
-             f"hydra.launcher.sync.options={{endpoint_url:'{s3_endpoint}'}}"]  # fmt: skip
+    sweep = [
+        "-m",
+        "mode=write,fail",
+        "x=2",
+        *LAUNCH,
+        "hydra.launcher.workers=1",
+        "hydra.sweep.dir=out",
+        f"hydra.launcher.sync.dest=s3://{bucket}/results",
+        f"hydra.launcher.sync.options={{endpoint_url:'{s3_endpoint}'}}",
+    ]
     run_app(APP, *sweep, cwd=tmp_path, check=False)
     first = wait_uploaded(2)
     for n in ("0", "1"):
@@ -378,8 +501,15 @@ def test_hydra_callbacks_and_the_python_api_use_the_same_queue(
 ) -> None:
     dest = tmp_path / "dest"
     # Any launcher: here Hydra's basic one, with the callback configured directly.
-    run_app(APP, "-m", "x=1,2", "hydra.sweep.dir=out", "+hydra.callbacks.sync._target_="
-            "dr_exp.sync.SyncCallback", f"+hydra.callbacks.sync.dest={dest}", cwd=tmp_path)  # fmt: skip
+    run_app(
+        APP,
+        "-m",
+        "x=1,2",
+        "hydra.sweep.dir=out",
+        "+hydra.callbacks.sync._target_=dr_exp.sync.SyncCallback",
+        f"+hydra.callbacks.sync.dest={dest}",
+        cwd=tmp_path,
+    )
     (tmp_path / "api").mkdir()
     (tmp_path / "api" / "result.json").write_text("{}")
     record_finished(tmp_path / "api", str(dest), base=tmp_path)
@@ -393,11 +523,34 @@ def test_hydra_callbacks_and_the_python_api_use_the_same_queue(
 
 def test_supervisor_uploads_in_the_background(tmp_path: Path, db_path: Path) -> None:
     dest = tmp_path / "dest"
-    run_app(APP, "-m", "x=1,2", *LAUNCH, "hydra.launcher.workers=0", "hydra.launcher.wait=false",
-            "hydra.sweep.dir=out", f"hydra.launcher.sync.dest={dest}", cwd=tmp_path)  # fmt: skip
+    run_app(
+        APP,
+        "-m",
+        "x=1,2",
+        *LAUNCH,
+        "hydra.launcher.workers=0",
+        "hydra.launcher.wait=false",
+        "hydra.sweep.dir=out",
+        f"hydra.launcher.sync.dest={dest}",
+        cwd=tmp_path,
+    )
     assert (db_path.parent / ".sync_queue.db").exists()  # created by the launcher
-    sup = subprocess.run([sys.executable, "-m", "dr_exp", "system", "launcher", "--cpu-workers",
-                          "1", "--idle-timeout", "1"], capture_output=True, text=True, timeout=120)  # fmt: skip
+    sup = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "dr_exp",
+            "system",
+            "launcher",
+            "--cpu-workers",
+            "1",
+            "--idle-timeout",
+            "1",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert sup.returncode == 0, sup.stderr
     assert states() == ["uploaded", "uploaded"]  # before the supervisor and its worker exited
     for n in ("0", "1"):
@@ -419,8 +572,16 @@ def test_bad_input_is_a_one_line_error_and_leaves_the_queue_unchanged(
         ("hydra.launcher.sync.dest=gopher://x/y", "unknown destination protocol"),
         ("hydra.launcher.sync.options=[a]", "hydra.launcher"),
     ]:
-        proc = run_app(APP, "-m", "x=1", "hydra/launcher=dr_exp", "hydra.launcher.sync.dest=d",
-                       override, cwd=tmp_path, check=False)  # fmt: skip
+        proc = run_app(
+            APP,
+            "-m",
+            "x=1",
+            "hydra/launcher=dr_exp",
+            "hydra.launcher.sync.dest=d",
+            override,
+            cwd=tmp_path,
+            check=False,
+        )
         assert proc.returncode == 1, proc.stderr
         assert needle in proc.stderr and "Traceback" not in proc.stderr
     assert not db_path.exists()

@@ -1,4 +1,4 @@
-"""The Hydra ``Launcher`` for dr_exp: thin glue over ``dr_exp.submit``."""
+"""The Hydra ``Launcher`` for dr_exp: thin glue over ``dr_exp.multirun``."""
 
 from typing import Any, Optional, Sequence
 
@@ -10,8 +10,8 @@ from omegaconf import DictConfig
 
 class DrExpLauncher(Launcher):
     def __init__(self, **settings: Any) -> None:
-        self.settings = settings
-        self.submitter: Optional[Any] = None
+        self.settings = settings  # hydra.launcher.*, typed by dr_exp.config.DrExpLauncherConf
+        self.multirun: Optional[Any] = None
 
     def setup(
         self,
@@ -20,20 +20,12 @@ class DrExpLauncher(Launcher):
         task_function: TaskFunction,
         config: DictConfig,
     ) -> None:
-        from omegaconf import OmegaConf
+        from dr_exp.multirun import Multirun, settings_from  # heavy: only when used
 
-        from dr_exp.submit import LauncherSettings, SweepSubmitter  # heavy: only when used
-
-        raw = {
-            k: OmegaConf.to_container(v, resolve=True) if OmegaConf.is_config(v) else v
-            for k, v in self.settings.items()
-        }
-        self.submitter = SweepSubmitter(
-            LauncherSettings.from_hydra(raw), hydra_context, task_function, config
-        )
+        self.multirun = Multirun(settings_from(self.settings), hydra_context, task_function, config)
 
     def launch(
         self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int
     ) -> Sequence[JobReturn]:
-        assert self.submitter is not None, "setup() was not called"
-        return self.submitter.launch(job_overrides, initial_job_idx)
+        assert self.multirun is not None, "setup() was not called"
+        return self.multirun.launch(job_overrides, initial_job_idx)

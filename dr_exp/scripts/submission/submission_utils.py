@@ -28,7 +28,8 @@ from pathlib import Path
 from typing import Any, Mapping, Optional, Sequence, Union
 
 from dr_exp import api
-from dr_exp.db import JobDB, db_path_for
+from dr_exp.db import JobDB
+from dr_exp.paths import job_db as db_path_for
 
 
 class JobSubmitter:

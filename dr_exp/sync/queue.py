@@ -1,4 +1,4 @@
-"""The sync queue: the one module that owns every SQL statement of ``.sync_queue.db``.
+"""The sync queue: every SQL statement of ``.sync_queue.db``, and nothing else.
 
 Finished output folders wait here for their upload.  The file is separate from
 the job database so that recording a folder (one small insert, from inside a
@@ -6,18 +6,18 @@ job's process) never competes with claims on the job queue.
 
 Example::
 
-    from dr_exp.syncq import SyncQueue
+    from dr_exp.sync.queue import SyncQueue
 
     q = SyncQueue.open(".dr_exp/.sync_queue.db")
-    q.record("/proj/multirun/x/0", dest="/share/results", rel="multirun/x/0")
-    folder = q.claim("host-1-ab", lease_s=60)          # None when nothing is due
+    q.record("/proj/multirun/x/0", target, rel="multirun/x/0")
+    folder = q.claim(folder_id, "host-1-ab", lease_s=60)  # None when another was first
     q.complete(folder.id, "host-1-ab", manifest, sent_files=3, sent_bytes=1024)
 
-Like the job database, every connection runs with ``isolation_level=None``,
-every write is one ``BEGIN IMMEDIATE`` transaction retried while SQLite is
-busy, and every change to a folder being uploaded is guarded by
-``WHERE id=? AND status='uploading' AND owner=?``: an uploader that lost its
-lease (it was too slow, or it was presumed dead) can no longer change the row.
+The file itself (modes, journal mode, pragmas, busy retries, the ``BEGIN
+IMMEDIATE`` transaction, migrations) is :class:`dr_exp.store.SQLiteStore`'s.
+Every change to a folder being uploaded is guarded by ``WHERE id=? AND
+status='uploading' AND owner=?``: an uploader that lost its lease (it was too
+slow, or it was presumed dead) can no longer change the row.
 
 States of a folder: ``pending`` (waiting, or failing and waiting out its
 backoff when ``attempts > 0``), ``uploading`` (claimed, under a lease), and
@@ -29,24 +29,15 @@ files written meanwhile are sent too.
 from __future__ import annotations
 
 import json
-import os
-import random
 import socket
 import sqlite3
 import time
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Any, Callable, Optional, Sequence, TypeVar
+from typing import Any, Callable, Optional, Sequence
 
-import sqlite_utils
-
-from dr_exp.db import DatabaseError, choose_journal_mode
-
-SCHEMA_VERSION = 1
-DEFAULT_LEASE_S = 60.0
-QUEUE_NAME = ".sync_queue.db"
-
-T = TypeVar("T")
+from dr_exp.defaults import LEASE_S
+from dr_exp.paths import ENV_SYNC_QUEUE
+from dr_exp.store import SQLiteStore
 
 
 @dataclass
@@ -73,7 +64,11 @@ class Folder:
     manifest: dict[str, list[int]]  # relative file -> [size, mtime_ns] as last verified
 
 
-def _migrate_to_1(db: sqlite_utils.Database) -> None:
+class LeaseLost(Exception):
+    """The folder is no longer ours: another uploader took it over."""
+
+
+def _migrate_to_1(db: Any) -> None:
     """Targets (one per destination and options), folders, and each folder's manifest."""
     db["targets"].create(
         {
@@ -136,15 +131,6 @@ def _migrate_to_1(db: sqlite_utils.Database) -> None:
     )
 
 
-MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [_migrate_to_1]
-assert len(MIGRATIONS) == SCHEMA_VERSION
-
-
-def _is_busy(exc: sqlite3.OperationalError) -> bool:
-    text = str(exc).lower()
-    return "locked" in text or "busy" in text
-
-
 def _target_options(target: Target) -> str:
     return json.dumps(
         {
@@ -168,119 +154,22 @@ def _target_from_row(dest: str, options: str) -> Target:
     )
 
 
-class LeaseLost(Exception):
-    """The folder is no longer ours: another uploader took it over."""
+# Claimable: waiting out no backoff, or held under a lease that ran out (its uploader died).
+_DUE = (
+    "(f.status = 'pending' AND f.next_try <= :now) "
+    "OR (f.status = 'uploading' AND f.lease_expires < :now)"
+)
 
 
-class SyncQueue:
+class SyncQueue(SQLiteStore):
     """A connection to one sync queue file."""
 
-    def __init__(self, path: Path, conn: sqlite3.Connection) -> None:
-        self.path = path
-        self.conn = conn
-        self.db = sqlite_utils.Database(conn, execute_plugins=False)
-
-    # -- opening ---------------------------------------------------------------
-    @classmethod
-    def open(cls, path: Path | str, create: bool = True) -> SyncQueue:
-        """Open (creating with mode 0600, or 0660 when DR_EXP_DB_GROUP_SHARED=1) and migrate."""
-        path = Path(path)
-        if not path.exists():
-            if not create:
-                raise DatabaseError(
-                    f"no sync queue at {path}; set hydra.launcher.sync.dest to record "
-                    "finished folders, or point --queue / DR_EXP_SYNC_QUEUE at one"
-                )
-            shared = os.environ.get("DR_EXP_DB_GROUP_SHARED") == "1"
-            try:
-                path.parent.mkdir(parents=True, exist_ok=True, mode=0o770 if shared else 0o700)
-                fd = os.open(path, os.O_CREAT | os.O_RDWR, 0o660 if shared else 0o600)
-            except OSError as e:
-                raise DatabaseError(f"cannot create sync queue {path}: {e.strerror}") from None
-            os.close(fd)
-        elif path.is_dir():
-            raise DatabaseError(f"{path} is a directory, not a sync queue")
-        journal_mode = choose_journal_mode(path)
-        try:
-            conn = sqlite3.connect(str(path), isolation_level=None, timeout=30.0)
-            conn.execute("PRAGMA busy_timeout = 30000")
-            if conn.execute("PRAGMA journal_mode").fetchone()[0].lower() != journal_mode:
-                cls._retry(lambda: conn.execute(f"PRAGMA journal_mode = {journal_mode}"))
-            conn.execute(f"PRAGMA synchronous = {'NORMAL' if journal_mode == 'wal' else 'FULL'}")
-            conn.execute("PRAGMA foreign_keys = ON")
-        except sqlite3.DatabaseError as e:
-            raise DatabaseError(f"cannot open sync queue {path}: {e}") from None
-        self = cls(path, conn)
-        self._migrate()
-        return self
-
-    def close(self) -> None:
-        self.conn.close()
-
-    def schema_version(self) -> int:
-        return self.conn.execute("PRAGMA user_version").fetchone()[0]
-
-    def _migrate(self) -> None:
-        try:
-            version = self.schema_version()
-        except sqlite3.DatabaseError as e:
-            raise DatabaseError(f"{self.path} is not a dr_exp sync queue ({e})") from None
-        if version > SCHEMA_VERSION:
-            raise DatabaseError(
-                f"{self.path} has sync queue schema version {version}, newer than this "
-                f"dr_exp understands ({SCHEMA_VERSION}); upgrade dr_exp"
-            )
-        if version == SCHEMA_VERSION:
-            return
-
-        def migrate(conn: sqlite3.Connection) -> None:
-            start = conn.execute("PRAGMA user_version").fetchone()[0]  # re-read under the lock
-            for step in range(start, SCHEMA_VERSION):
-                MIGRATIONS[step](self.db)
-                conn.execute(f"PRAGMA user_version = {step + 1}")
-
-        try:
-            self._write(migrate)
-        except sqlite3.DatabaseError as e:
-            raise DatabaseError(f"{self.path} is not a dr_exp sync queue ({e})") from None
-
-    # -- transactions ----------------------------------------------------------
-    @staticmethod
-    def _retry(fn: Callable[[], T], attempts: int = 10) -> T:
-        delay = 0.01
-        for attempt in range(attempts):
-            try:
-                return fn()
-            except sqlite3.OperationalError as e:
-                if not _is_busy(e) or attempt == attempts - 1:
-                    raise
-                time.sleep(delay * (0.5 + random.random()))
-                delay = min(delay * 2, 1.0)
-        raise AssertionError("unreachable")
-
-    def _write(self, fn: Callable[[sqlite3.Connection], T]) -> T:
-        """Run ``fn`` inside one ``BEGIN IMMEDIATE`` transaction, retried when busy."""
-
-        def attempt() -> T:
-            self.conn.execute("BEGIN IMMEDIATE")
-            try:
-                result = fn(self.conn)
-                self.conn.execute("COMMIT")
-                return result
-            except BaseException:
-                if self.conn.in_transaction:
-                    self.conn.execute("ROLLBACK")
-                raise
-
-        return self._retry(attempt)
-
-    def _read(self, sql: str, params: Sequence[Any] | dict = ()) -> list[dict]:
-        def run() -> list[dict]:
-            cur = self.conn.execute(sql, params)
-            names = [d[0] for d in cur.description]
-            return [dict(zip(names, row)) for row in cur.fetchall()]
-
-        return self._retry(run)
+    KIND = "sync queue"
+    MIGRATIONS = [_migrate_to_1]
+    MISSING_HINT = (
+        "; set hydra.launcher.sync.dest to record finished folders, "
+        f"or point --queue / {ENV_SYNC_QUEUE} at one"
+    )
 
     # -- recording -------------------------------------------------------------
     def record(
@@ -303,7 +192,7 @@ class SyncQueue:
         now = time.time()
         options = _target_options(target)
 
-        def record(conn: sqlite3.Connection) -> int:
+        def record(conn: sqlite3.Connection) -> Optional[int]:
             conn.execute(
                 "INSERT OR IGNORE INTO targets (dest, options) VALUES (?, ?)",
                 (target.dest, options),
@@ -342,14 +231,9 @@ class SyncQueue:
             ).fetchone()
             return row[0] if row else None
 
-        return self._write(record)
+        return self.write(record)
 
     # -- the uploader's side ---------------------------------------------------
-    _DUE = (
-        "(f.status = 'pending' AND f.next_try <= :now) "
-        "OR (f.status = 'uploading' AND f.lease_expires < :now)"
-    )
-
     def due(
         self, background_only: bool = False, host: Optional[str] = None, limit: int = 500
     ) -> list[dict]:
@@ -360,16 +244,14 @@ class SyncQueue:
         """
         sql = (
             "SELECT f.id, f.path, f.host FROM folders f JOIN targets t ON t.id = f.target_id "
-            f"WHERE ({self._DUE}) "
+            f"WHERE ({_DUE}) "
         )
         if background_only:
             sql += "AND json_extract(t.options, '$.background') = 1 "
         sql += "ORDER BY f.host IS NOT :host, f.next_try, f.id LIMIT :limit"
-        return self._read(sql, {"now": time.time(), "host": host, "limit": limit})
+        return self.rows(sql, {"now": time.time(), "host": host, "limit": limit})
 
-    def claim(
-        self, folder_id: int, owner: str, lease_s: float = DEFAULT_LEASE_S
-    ) -> Optional[Folder]:
+    def claim(self, folder_id: int, owner: str, lease_s: float = LEASE_S) -> Optional[Folder]:
         """Claim one due folder under a lease; None when another uploader was first.
 
         A folder whose lease expired (its uploader was killed) is due again: the
@@ -381,7 +263,7 @@ class SyncQueue:
             row = conn.execute(
                 "UPDATE folders SET status = 'uploading', owner = :owner, "
                 "lease_expires = :expires, claimed_generation = generation "
-                f"WHERE id = :id AND ({self._DUE.replace('f.', '')}) "
+                f"WHERE id = :id AND ({_DUE.replace('f.', '')}) "
                 "RETURNING id, path, rel, host, generation, target_id",
                 {"owner": owner, "expires": now + lease_s, "id": folder_id, "now": now},
             ).fetchone()
@@ -403,9 +285,10 @@ class SyncQueue:
                 manifest=json.loads(manifest[0]) if manifest else {},
             )
 
-        return self._write(claim)
+        return self.write(claim)
 
-    def _save_manifest(self, conn: sqlite3.Connection, folder_id: int, manifest: dict) -> None:
+    @staticmethod
+    def _save_manifest(conn: sqlite3.Connection, folder_id: int, manifest: dict) -> None:
         conn.execute(
             "INSERT OR REPLACE INTO manifests (folder_id, files) VALUES (?, ?)",
             (folder_id, json.dumps(manifest, sort_keys=True)),
@@ -427,7 +310,7 @@ class SyncQueue:
             if progress is not None:
                 self._save_manifest(conn, folder_id, progress)
 
-        self._write(renew)
+        self.write(renew)
 
     def complete(
         self,
@@ -468,7 +351,7 @@ class SyncQueue:
                 self._save_manifest(conn, folder_id, manifest)
             return changed == 1
 
-        return self._write(complete)
+        return self.write(complete)
 
     def fail(
         self,
@@ -498,7 +381,7 @@ class SyncQueue:
                 self._save_manifest(conn, folder_id, progress)
             return True
 
-        return self._write(fail)
+        return self.write(fail)
 
     def release(self, folder_id: int, owner: str, progress: Optional[dict] = None) -> bool:
         """Give a folder back without counting a failure (the uploader is stopping)."""
@@ -513,14 +396,14 @@ class SyncQueue:
                 self._save_manifest(conn, folder_id, progress)
             return changed == 1
 
-        return self._write(release)
+        return self.write(release)
 
     # -- re-scanning uploaded folders ---------------------------------------------
     def rescan_candidates(
         self, checked_before: float, uploaded_after: float, limit: int = 200
     ) -> list[dict]:
         """Uploaded folders to look at again for files written after their upload."""
-        rows = self._read(
+        rows = self.rows(
             "SELECT f.id, f.path, f.host, m.files AS manifest FROM folders f "
             "JOIN manifests m ON m.folder_id = f.id "
             "WHERE f.status = 'uploaded' AND coalesce(f.checked, 0) < ? AND f.uploaded >= ? "
@@ -532,9 +415,10 @@ class SyncQueue:
         return rows
 
     def mark_checked(self, folder_ids: Sequence[int]) -> None:
+        """These uploaded folders were re-scanned and had nothing new."""
         if not folder_ids:
             return
-        self._write(
+        self.write(
             lambda conn: conn.execute(
                 "UPDATE folders SET checked = ? WHERE id IN (SELECT value FROM json_each(?))",
                 (time.time(), json.dumps(list(folder_ids))),
@@ -543,7 +427,7 @@ class SyncQueue:
 
     def mark_changed(self, folder_id: int) -> bool:
         """An uploaded folder has new or changed files: upload it again."""
-        return self._write(
+        return self.write(
             lambda conn: (
                 conn.execute(
                     "UPDATE folders SET status = 'pending', generation = generation + 1, "
@@ -556,7 +440,7 @@ class SyncQueue:
 
     def retry_now(self) -> int:
         """Make every failing folder due now (after fixing the destination)."""
-        return self._write(
+        return self.write(
             lambda conn: (
                 conn.execute(
                     "UPDATE folders SET next_try = 0 WHERE status = 'pending' AND attempts > 0"
@@ -567,25 +451,26 @@ class SyncQueue:
     # -- watching ----------------------------------------------------------------
     def summary(self) -> dict[str, Any]:
         """Counts of pending, uploading, uploaded and failing folders, and the newest error."""
-        now = time.time()
-        counts = {"pending": 0, "uploading": 0, "uploaded": 0, "failing": 0}
-        for r in self._read(
+        counts: dict[str, Any] = {"pending": 0, "uploading": 0, "uploaded": 0, "failing": 0}
+        for r in self.rows(
             "SELECT CASE WHEN status = 'pending' AND attempts > 0 THEN 'failing' "
             "WHEN status = 'uploading' AND lease_expires < ? THEN 'pending' "
             "ELSE status END AS state, count(*) AS n FROM folders GROUP BY state",
-            (now,),
+            (time.time(),),
         ):
             counts[r["state"]] = counts.get(r["state"], 0) + r["n"]
-        last = self._read(
+        last = self.rows(
             "SELECT last_error, path FROM folders WHERE status = 'pending' AND attempts > 0 "
             "ORDER BY last_error_at DESC LIMIT 1"
         )
         counts["last_error"] = last[0]["last_error"] if last else None
         return counts
 
-    def folders(self, states: Optional[Sequence[str]] = None, limit: Optional[int] = None) -> list:
+    def folders(
+        self, states: Optional[Sequence[str]] = None, limit: Optional[int] = None
+    ) -> list[dict]:
         """One row per folder, with its derived state: pending, uploading, uploaded, failing."""
-        rows = self._read(
+        rows = self.rows(
             "SELECT f.id, f.path, f.rel, f.host, f.experiment, f.job_id, f.status, "
             "f.generation, f.owner, f.lease_expires, f.attempts, f.next_try, f.last_error, "
             "f.last_error_at, f.recorded, f.uploaded, f.files, f.bytes, f.sent_files, "

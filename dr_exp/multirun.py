@@ -13,26 +13,20 @@ import logging
 import os
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Mapping, Optional, Sequence, Union
 
 from hydra.errors import CompactHydraException
 
-from dr_exp import jobfiles, payload
-from dr_exp.db import (
-    FINAL_STATUSES,
-    ON_DUPLICATE,
-    Enqueued,
-    JobDB,
-    resolve_db_path,
-    validate_priority,
-)
+from dr_exp import config, jobfiles, paths, payload
+from dr_exp.config import Backend, DrExpLauncherConf
+from dr_exp.db import FINAL_STATUSES, Enqueued, JobDB, validate_priority
+from dr_exp.hydra_sweep import SweepPayload
 from dr_exp.local import LocalWorkers, default_worker_count, log_tail
-from dr_exp.runner import SweepContext
-from dr_exp.sync import attach_callback
-from dr_exp.sync import validate_settings as validate_sync_settings
-from dr_exp.utils import import_function, split_function_name
+from dr_exp.sync.callback import attach_callback
+from dr_exp.sync.callback import validate_settings as validate_sync_settings
+from dr_exp.utils import import_function
 
 log = logging.getLogger("dr_exp")
 
@@ -43,121 +37,39 @@ class SettingsError(CompactHydraException, ValueError):
     """An invalid ``hydra.launcher.*`` value, reported before anything is written."""
 
 
-@dataclass
-class LauncherSettings:
-    experiment: str
-    priority: int = 500
-    tags: list[str] = field(default_factory=list)
-    db: Optional[str] = None
-    workers: Optional[int] = None
-    wait: bool = True
-    idle_timeout: float = 10.0
-    group_shared: bool = False
-    max_attempts: int = 3
-    backend: str = "local"
-    workers_per_gpu: int = 1
-    slurm: dict = field(default_factory=dict)
-    on_duplicate: str = "retry_failed"
-    priority_fn: Optional[str] = None
-    sync: dict = field(default_factory=dict)  # {} when off; see dr_exp.sync.validate_settings
+def settings_from(raw: Mapping[str, Any]) -> DrExpLauncherConf:
+    """The launcher's keyword arguments, typed by the one declaration in ``dr_exp.config``.
 
-    @classmethod
-    def from_hydra(cls, raw: Mapping[str, Any]) -> LauncherSettings:
-        def bad(key: str, why: str) -> SettingsError:
-            return SettingsError(f"hydra.launcher.{key}: {why}")
+    OmegaConf checks the types and enum choices; ``dr_exp.config.check`` the ranges.
+    """
+    from omegaconf import OmegaConf
+    from omegaconf.errors import OmegaConfBaseException
 
-        known = set(cls.__dataclass_fields__)
-        unknown = sorted(set(raw) - known)
-        if unknown:
-            raise bad(unknown[0], f"unknown setting; known: {', '.join(sorted(known))}")
-        experiment = raw.get("experiment")
-        if not isinstance(experiment, str) or not experiment.strip():
-            raise bad("experiment", f"must be a non-empty name, got {experiment!r}")
-        try:
-            priority = validate_priority(raw.get("priority", 500))
-        except ValueError as e:
-            raise bad("priority", str(e).replace("priority ", "")) from None
-        tags = raw.get("tags") or []
-        if isinstance(tags, str):
-            tags = [tags]
-        if not all(isinstance(t, (str, int)) and str(t).strip() for t in tags):
-            raise bad("tags", f"must be a list of non-empty names, got {tags!r}")
-        workers = raw.get("workers")
-        if workers is not None and (isinstance(workers, bool) or not isinstance(workers, int)):
-            raise bad("workers", f"must be a whole number or null (auto), got {workers!r}")
-        if workers is not None and workers < 0:
-            raise bad("workers", f"must be 0 or more, got {workers}")
-        wait = raw.get("wait", True)
-        if not isinstance(wait, bool):
-            raise bad("wait", f"must be true or false, got {wait!r}")
-        idle_timeout = raw.get("idle_timeout", 10.0)
-        if isinstance(idle_timeout, bool) or not isinstance(idle_timeout, (int, float)):
-            raise bad("idle_timeout", f"must be a number of seconds, got {idle_timeout!r}")
-        if idle_timeout < 0:
-            raise bad("idle_timeout", f"must be 0 (never) or more seconds, got {idle_timeout}")
-        max_attempts = raw.get("max_attempts", 3)
-        if isinstance(max_attempts, bool) or not isinstance(max_attempts, int) or max_attempts < 1:
-            raise bad("max_attempts", f"must be a whole number of 1 or more, got {max_attempts!r}")
-        backend = raw.get("backend", "local")
-        if backend not in ("local", "slurm"):
-            raise bad("backend", f"must be local or slurm, got {backend!r}")
-        workers_per_gpu = raw.get("workers_per_gpu", 1)
-        if (
-            isinstance(workers_per_gpu, bool)
-            or not isinstance(workers_per_gpu, int)
-            or workers_per_gpu < 1
-        ):
-            raise bad(
-                "workers_per_gpu", f"must be a whole number of 1 or more, got {workers_per_gpu!r}"
-            )
-        slurm = dict(raw.get("slurm") or {})
-        array_size = slurm.get("array_size", 4)
-        if isinstance(array_size, bool) or not isinstance(array_size, int) or array_size < 1:
-            raise bad(
-                "slurm.array_size", f"must be a whole number of 1 or more, got {array_size!r}"
-            )
-        db = raw.get("db")
-        if db is not None and not str(db).strip():
-            raise bad("db", "must be a path or null")
-        on_duplicate = raw.get("on_duplicate", "retry_failed")
-        if on_duplicate not in ON_DUPLICATE:
-            raise bad(
-                "on_duplicate", f"must be one of {', '.join(ON_DUPLICATE)}, got {on_duplicate!r}"
-            )
-        priority_fn = raw.get("priority_fn")
-        if priority_fn is not None:
-            try:
-                split_function_name(priority_fn, "a function")
-            except ValueError as e:
-                raise bad("priority_fn", str(e)) from None
-        try:
-            sync = validate_sync_settings(raw.get("sync"))
-        except ValueError as e:
-            key, _, why = str(e).partition(": ")
-            raise bad(f"sync.{key}", why) from None
-        return cls(
-            experiment=experiment.strip(),
-            priority=priority,
-            tags=[str(t) for t in tags],
-            db=str(db) if db is not None else None,
-            workers=workers,
-            wait=wait,
-            idle_timeout=float(idle_timeout),
-            group_shared=bool(raw.get("group_shared", False)),
-            max_attempts=max_attempts,
-            backend=backend,
-            workers_per_gpu=workers_per_gpu,
-            slurm=slurm,
-            on_duplicate=on_duplicate,
-            priority_fn=str(priority_fn) if priority_fn is not None else None,
-            sync=sync,
-        )
+    plain = {
+        k: OmegaConf.to_container(v, resolve=True) if OmegaConf.is_config(v) else v
+        for k, v in raw.items()
+    }
+    try:
+        merged = OmegaConf.merge(OmegaConf.structured(DrExpLauncherConf), plain)
+        conf: DrExpLauncherConf = OmegaConf.to_object(merged)  # type: ignore[assignment]
+    except OmegaConfBaseException as e:
+        key = getattr(e, "full_key", None) or "?"
+        why = str(e).strip().splitlines()[0]
+        raise SettingsError(f"hydra.launcher.{key}: {why}") from None
+    problems = config.check(conf)
+    if problems:
+        raise SettingsError(f"hydra.launcher.{problems[0]}")
+    conf.experiment = conf.experiment.strip()
+    return conf
 
 
-class SweepSubmitter:
+class Multirun:
+    """One Hydra multirun as dr_exp runs it: the sweep stored once, each launch batch
+    queued in one transaction, local workers or a SLURM array started, then results."""
+
     def __init__(
         self,
-        settings: LauncherSettings,
+        settings: DrExpLauncherConf,
         hydra_context: Any,
         task_function: Any,
         config: Any,
@@ -166,7 +78,9 @@ class SweepSubmitter:
         self.hydra_context = hydra_context
         self.task_function = task_function
         self.config = config
-        self.db_path = resolve_db_path(settings.db)
+        self.db_path = paths.job_db(settings.db)
+        if settings.group_shared or paths.is_shared_folder(self.db_path.parent):
+            paths.share_with_group()  # before Hydra's sweeper creates the sweep folder
         self.sweep_id: Optional[int] = None
         self.workers: Optional[LocalWorkers] = None
         sweeper = str(config.hydra.sweeper.get("_target_", BASIC_SWEEPER))
@@ -181,10 +95,17 @@ class SweepSubmitter:
                 self.priority_fn = import_function(settings.priority_fn, [os.getcwd()])
             except ValueError as e:
                 raise SettingsError(f"hydra.launcher.priority_fn: {e}") from None
+        try:
+            self.sync: dict = validate_sync_settings(asdict(settings.sync))  # {} when off
+        except ValueError as e:
+            key, _, why = str(e).partition(": ")
+            raise SettingsError(f"hydra.launcher.sync.{key}: {why}") from None
         self.sync_queue: Optional[str] = None
-        if settings.sync:  # on_job_end records each finished folder for upload
+        if self.sync:  # on_job_end records each finished folder for upload
             try:
-                self.sync_queue = attach_callback(hydra_context, settings.sync, self.db_path).queue
+                self.sync_queue = attach_callback(
+                    hydra_context, self.sync, self.db_path, group_shared=settings.group_shared
+                ).queue
             except Exception as e:
                 raise SettingsError(f"hydra.launcher.sync: {e}") from None
 
@@ -211,8 +132,8 @@ class SweepSubmitter:
                 on_duplicate=self.settings.on_duplicate,
             )
             ids = done.ids
-            log.info(f"dr_exp: {_summary(done)} for experiment '{self.settings.experiment}' "
-                     f"in {db.path}")  # fmt: skip
+            experiment = self.settings.experiment
+            log.info(f"dr_exp: {_summary(done)} for experiment '{experiment}' in {db.path}")
             for (num, overrides), job_id, action in zip(numbered, ids, done.actions):
                 note = (
                     ""
@@ -231,7 +152,7 @@ class SweepSubmitter:
             to_run = len(
                 {i for i, a in zip(ids, done.actions) if a in ("queued", "requeued", "pending")}
             )
-            if to_run and self.settings.backend == "slurm":
+            if to_run and self.settings.backend is Backend.slurm:
                 self._submit_slurm()
             elif to_run:
                 self._start_workers(to_run)
@@ -240,7 +161,7 @@ class SweepSubmitter:
                 return [self._queued_return(o) for _, o in numbered]
             self._wait(db, list(dict.fromkeys(ids)))
             if self.sync_queue:
-                dest, queue = self.settings.sync["dest"], self.sync_queue
+                dest, queue = self.sync["dest"], self.sync_queue
                 print(f"dr_exp: results upload in the background to {dest}; "
                       f"watch: dr_exp sync status --queue {queue}", file=sys.stderr)  # fmt: skip
             return self._collect(db, ids, numbered)
@@ -279,7 +200,7 @@ class SweepSubmitter:
         from hydra.core.singleton import Singleton
         from omegaconf import OmegaConf
 
-        ctx = SweepContext(
+        ctx = SweepPayload(
             hydra_context=self.hydra_context,
             task_function=self.task_function,
             config=self.config,
@@ -304,7 +225,7 @@ class SweepSubmitter:
         submit_workers(
             self.db_path,
             self.settings.experiment,
-            self.settings.slurm,
+            asdict(self.settings.slurm),
             workers_per_gpu=self.settings.workers_per_gpu,
             supervisor={"idle_timeout": self.settings.idle_timeout},
         )
@@ -321,9 +242,9 @@ class SweepSubmitter:
                 experiment=self.settings.experiment,
                 count=count,
                 idle_timeout=self.settings.idle_timeout,
-                log_dir=self.db_path.parent / "logs",
+                log_dir=paths.worker_logs(self.db_path),
             )
-            if self.settings.wait and not self.settings.sync:
+            if self.settings.wait and not self.sync:
                 # With sync on, workers outlive the sweep: they upload, then idle out.
                 atexit.register(self.workers.stop)
         self.workers.count = max(self.workers.count, count)
@@ -382,7 +303,7 @@ class SweepSubmitter:
     def _print_monitor_hints(self, n: int) -> None:
         started = self.workers.alive() if self.workers else 0
         who = f"{started} local workers started" if started else "no workers started here"
-        if self.settings.backend == "slurm":
+        if self.settings.backend is Backend.slurm:
             who = "SLURM workers submitted"
         print(
             f"dr_exp: {n} jobs queued for '{self.settings.experiment}' in {self.db_path} ({who}).\n"

@@ -1,0 +1,154 @@
+"""``hydra/launcher=dr_exp``'s settings: the typed dataclasses Hydra's ConfigStore holds.
+
+These dataclasses are the one declaration of every ``hydra.launcher.*``
+setting: its name, type and default.  OmegaConf checks the types (and the
+enum choices) when Hydra composes the config; :func:`check` adds only the
+range and cross-field rules that a type cannot say.
+
+Hydra imports this module (through ``hydra_plugins.dr_exp_launcher.config``) on
+every start of every app, so it imports nothing heavy.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, fields
+from enum import Enum
+from typing import Any, Dict, List, Optional
+
+from hydra_plugins.hydra_submitit_launcher.config import BaseQueueConf
+
+from dr_exp import defaults
+
+
+class Backend(str, Enum):
+    """Where a sweep's workers run."""
+
+    local = "local"  # worker processes on this machine
+    slurm = "slurm"  # a SLURM job array of node supervisors, through submitit
+
+
+class OnDuplicate(str, Enum):
+    """What a re-run does with a job that exists already (same experiment, app, overrides)."""
+
+    retry_failed = "retry_failed"  # skip completed/pending/running; queue failed/cancelled again
+    skip = "skip"  # skip every existing job
+    always = "always"  # queue every job anew
+
+
+@dataclass
+class DrExpSlurmConf(BaseQueueConf):
+    """hydra-submitit-launcher's submitit_slurm keys (a config ports over), plus array_size.
+
+    Each array task runs one node supervisor with workers_per_gpu workers per GPU.
+    """
+
+    submitit_folder: str = "${hydra.sweep.dir}/.submitit/%j"
+    name: str = "dr_exp-${hydra.job.name}"
+    # The most array tasks one submission asks for; fewer when fewer jobs are pending.
+    array_size: int = defaults.ARRAY_SIZE
+    partition: Optional[str] = None
+    qos: Optional[str] = None
+    comment: Optional[str] = None
+    constraint: Optional[str] = None
+    exclude: Optional[str] = None
+    gres: Optional[str] = None
+    cpus_per_gpu: Optional[int] = None
+    gpus_per_task: Optional[int] = None
+    mem_per_gpu: Optional[str] = None
+    mem_per_cpu: Optional[str] = None
+    account: Optional[str] = None
+    signal_delay_s: int = 120
+    max_num_timeout: int = 0
+    additional_parameters: Dict[str, Any] = field(default_factory=dict)
+    array_parallelism: int = defaults.ARRAY_PARALLELISM
+    setup: Optional[List[str]] = None
+
+
+# hydra-submitit-launcher's shared keys, passed to submitit without a "slurm_" prefix.
+SUBMITIT_BASE_KEYS = frozenset(f.name for f in fields(BaseQueueConf)) - {"submitit_folder"}
+
+
+@dataclass
+class DrExpSyncConf:
+    """Upload each finished job's output folder (see README, "Syncing results")."""
+
+    # null: off; a path, [user@]host:/path (rsync over ssh) or an fsspec URL (s3://...).
+    dest: Optional[str] = None
+    # The sync queue; null: $DR_EXP_SYNC_QUEUE, else .sync_queue.db next to the job database.
+    queue: Optional[str] = None
+    # The local folder that dest mirrors; null: the directory the multirun starts from.
+    base: Optional[str] = None
+    # fsspec storage options, e.g. {endpoint_url: "http://127.0.0.1:9000"}; typed Any so
+    # that `sync.options={...}` can set a whole mapping on the command line.
+    options: Any = None
+    # Extra rsync arguments, e.g. [-e, "ssh -p 2222 -i ~/.ssh/id_sync"].
+    rsync_args: List[str] = field(default_factory=list)
+    # KiB/s per uploader; 0: unlimited.
+    bwlimit: float = 0.0
+    # false: only `dr_exp sync run` uploads (e.g. compute nodes without network).
+    background: bool = True
+
+
+@dataclass
+class DrExpLauncherConf:
+    _target_: str = "hydra_plugins.dr_exp_launcher.dr_exp_launcher.DrExpLauncher"
+    # Groups jobs in the database; `dr_exp status/list --experiment` filter on it.
+    experiment: str = "${hydra.job.name}"
+    # 0-1000, higher runs first; FIFO within a priority.
+    priority: int = defaults.PRIORITY
+    tags: List[str] = field(default_factory=list)
+    # The job database; null: $DR_EXP_DB, else .dr_exp/jobs.db under the current directory.
+    db: Optional[str] = None
+    # Local worker processes to start; null: one per GPU, else one per CPU core
+    # (never more than the batch has jobs); 0: none, the queue is drained elsewhere.
+    workers: Optional[int] = None
+    # true: block with a progress bar and return real results (optimizing sweepers
+    # need this); false: return right after enqueueing.
+    wait: bool = True
+    # Seconds a local worker waits on an empty queue before it exits; 0: never.
+    idle_timeout: float = defaults.SWEEP_IDLE_TIMEOUT_S
+    # Create the database folder and files group-readable and -writable (2770/0660).
+    group_shared: bool = False
+    # A job whose worker vanishes (lease expired) is retried up to this many
+    # attempts in all, then marked failed ("lost after N attempts").
+    max_attempts: int = defaults.MAX_ATTEMPTS
+    # What a re-run does with jobs that exist already; see OnDuplicate.  Re-queued
+    # jobs keep their job number and output folder.
+    on_duplicate: OnDuplicate = OnDuplicate.retry_failed
+    # pkg.module:function called with each job's composed config; returns its
+    # priority (0-1000).  It costs one more composition per job (~40 ms).
+    priority_fn: Optional[str] = None
+    # Where workers run; with slurm, each array task runs workers_per_gpu workers per GPU.
+    backend: Backend = Backend.local
+    workers_per_gpu: int = 1
+    slurm: DrExpSlurmConf = field(default_factory=DrExpSlurmConf)
+    sync: DrExpSyncConf = field(default_factory=DrExpSyncConf)
+
+
+def _at_least(value: Any, low: float, key: str, what: str) -> list[str]:
+    return [] if value is None or value >= low else [f"{key}: must be {what}, got {value}"]
+
+
+def check(conf: DrExpLauncherConf) -> list[str]:
+    """The rules a type cannot say, as ``"<key>: <why>"`` messages (empty when all hold)."""
+    problems: list[str] = []
+    if not conf.experiment.strip():
+        problems.append(f"experiment: must be a non-empty name, got {conf.experiment!r}")
+    if not defaults.PRIORITY_MIN <= conf.priority <= defaults.PRIORITY_MAX:
+        problems.append(
+            f"priority: must be from 0 to 1000 (higher runs first), got {conf.priority}"
+        )
+    if not all(str(t).strip() for t in conf.tags):
+        problems.append(f"tags: must be a list of non-empty names, got {list(conf.tags)!r}")
+    if conf.db is not None and not conf.db.strip():
+        problems.append("db: must be a path or null")
+    problems += _at_least(conf.workers, 0, "workers", "0 or more")
+    problems += _at_least(conf.idle_timeout, 0, "idle_timeout", "0 (never) or more seconds")
+    problems += _at_least(conf.max_attempts, 1, "max_attempts", "1 or more")
+    problems += _at_least(conf.workers_per_gpu, 1, "workers_per_gpu", "1 or more")
+    problems += _at_least(conf.slurm.array_size, 1, "slurm.array_size", "1 or more")
+    if conf.idle_timeout != conf.idle_timeout or conf.idle_timeout == float("inf"):
+        problems.append(
+            f"idle_timeout: must be a finite number of seconds, got {conf.idle_timeout}"
+        )
+    return problems

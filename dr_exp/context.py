@@ -1,0 +1,44 @@
+"""One interface for what a worker runs: the jobs of a Hydra sweep or of trainer functions.
+
+A worker loads one :class:`JobContext` per sweep (``dr_exp.kinds.load_context``),
+calls ``activate`` once in its own process before it forks that sweep's first
+job, and ``run`` in each job's forked process.  It never asks which kind a
+context is: the Hydra kind lives in :mod:`dr_exp.hydra_sweep`, the trainer kind
+in :mod:`dr_exp.trainer`, and a new kind of job is one more subclass and one
+more entry in ``dr_exp.kinds.KINDS``.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from typing import TYPE_CHECKING, Any, Callable
+
+if TYPE_CHECKING:
+    from dr_exp.db import Job
+
+
+class SweepUnavailable(Exception):
+    """The sweep's jobs cannot run here: missing, not signed with our key, or not loadable."""
+
+
+class JobContext(ABC):
+    """What a worker needs to run any job of one sweep."""
+
+    sweep_id: int
+    cwd: str  # the directory the sweep was submitted from; jobs start there
+    want_returns: bool  # does a waiting launcher read each job's JobReturn?
+
+    @property
+    def callbacks(self) -> list[Any]:
+        """The sweep's Hydra callbacks (the worker records sync folders through them)."""
+        return []
+
+    def activate(self) -> None:
+        """In the worker, once per sweep before its first fork: state its jobs inherit."""
+        return None  # most kinds have nothing to set up
+
+    @abstractmethod
+    def run(self, job: Job, report: Callable[[dict], None]) -> dict:
+        """In the job's own process: run ``job``; ``report({"output_dir": ...})`` as soon as
+        the folder is known; return ``{"status", "output_dir", "return_json" | "error",
+        "result_blob"?}``."""

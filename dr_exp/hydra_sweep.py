@@ -1,0 +1,173 @@
+"""The jobs of a Hydra multirun, run exactly as Hydra's basic launcher would run them.
+
+The launcher pickles a :class:`SweepPayload` once per sweep and signs it.  A
+worker verifies and unpickles it into a :class:`HydraSweep`, and in each job's
+forked process composes the job's config from the sweep's master config and
+the job's overrides (Hydra's own ``load_sweep_config``), then calls Hydra's
+``run_job``: the output folder, ``.hydra/*.yaml``, the job log and the
+callbacks are a multirun's.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import traceback
+from dataclasses import dataclass
+from typing import Any, Callable, Optional
+
+from dr_exp import jobfiles, payload
+from dr_exp.context import JobContext, SweepUnavailable
+from dr_exp.db import Job, SweepRow
+from dr_exp.jobfiles import write_error_file
+from dr_exp.returns import JobError, error_summary, to_json
+
+
+@dataclass
+class SweepPayload:
+    """What a worker needs to rebuild any job of one sweep; pickled once per sweep."""
+
+    hydra_context: Any  # hydra.types.HydraContext: config loader and callbacks
+    task_function: Callable[[Any], Any]
+    config: Any  # the master DictConfig the sweeper launched with
+    singleton_state: dict  # Hydra's Singleton state: ConfigStore, resolvers, HydraConfig
+
+
+class HydraSweep(JobContext):
+    """A stored Hydra sweep, verified and unpickled, with where and how it was submitted."""
+
+    def __init__(self, sweep_id: int, cwd: str, want_returns: bool, sweep: SweepPayload) -> None:
+        self.sweep_id = sweep_id
+        self.cwd = cwd
+        self.want_returns = want_returns
+        self.sweep = sweep
+
+    @classmethod
+    def from_sweep(cls, row: SweepRow) -> HydraSweep:
+        """Verify the row's signature, then unpickle (with the submitter's sys.path first)."""
+        for entry in reversed(row.sys_path):
+            if entry not in sys.path:
+                sys.path.insert(0, entry)
+        try:
+            _scan_hydra_plugins()  # before unpickling: a scan re-runs the plugin modules
+            loaded = payload.loads(row.payload, row.signature, what=f"sweep {row.id} payload")
+        except payload.SignatureMismatch as e:
+            raise SweepUnavailable(str(e)) from None
+        except Exception as e:
+            raise SweepUnavailable(
+                f"cannot load sweep {row.id}'s task: {type(e).__name__}: {e}"
+            ) from None
+        if not isinstance(loaded, SweepPayload):
+            raise SweepUnavailable(f"sweep {row.id}'s payload is not a dr_exp sweep")
+        return cls(row.id, row.cwd, row.want_returns, loaded)
+
+    @property
+    def callbacks(self) -> list[Any]:
+        callbacks = getattr(self.sweep.hydra_context, "callbacks", None)
+        return list(getattr(callbacks, "callbacks", None) or [])
+
+    def activate(self) -> None:
+        """Hydra's global state (ConfigStore, resolvers), set once and inherited by each fork.
+
+        ``Singleton.set_state`` re-creates the Plugins singleton unless the state holds
+        one, which would scan the plugins again (see _scan_hydra_plugins): hand it the
+        instance that was scanned before the payload was unpickled.
+        """
+        from hydra.core.plugins import Plugins
+        from hydra.core.singleton import Singleton
+        from hydra.core.utils import setup_globals
+
+        setup_globals()
+        state = self.sweep.singleton_state
+        instances = {**state["instances"], Plugins: Plugins.instance()}
+        Singleton.set_state({**state, "instances": instances})
+
+    def run(self, job: Job, report: Callable[[dict], None]) -> dict:
+        """Compose the job's config, call Hydra's ``run_job`` and describe the result."""
+        from hydra.core.hydra_config import HydraConfig
+        from hydra.core.utils import JobStatus, run_job
+        from omegaconf import OmegaConf, open_dict
+
+        sweep = self.sweep
+        output_dir: Optional[str] = None
+        try:
+            os.chdir(self.cwd)  # hydra.runtime.cwd and relative paths are the submitting shell's
+            sweep_config = sweep.hydra_context.config_loader.load_sweep_config(
+                sweep.config, list(job.overrides)
+            )
+            with open_dict(sweep_config):
+                sweep_config.hydra.job.id = job.id
+                sweep_config.hydra.job.num = job.job_num
+                if job.sweep_dir:  # re-queued by a later sweep: back into its own folder
+                    sweep_config.hydra.sweep.dir = job.sweep_dir
+                if job.sweep_subdir:
+                    sweep_config.hydra.sweep.subdir = job.sweep_subdir
+            HydraConfig.instance().set_config(sweep_config)
+            output_dir = os.path.abspath(
+                os.path.join(
+                    str(OmegaConf.select(sweep_config, "hydra.sweep.dir")),
+                    str(OmegaConf.select(sweep_config, "hydra.sweep.subdir")),
+                )
+            )
+            report({"output_dir": output_dir})
+            jobfiles.job_started(output_dir, job)
+            ret = run_job(
+                hydra_context=sweep.hydra_context,
+                task_function=sweep.task_function,
+                config=sweep_config,
+                job_dir_key="hydra.sweep.dir",
+                job_subdir_key="hydra.sweep.subdir",
+            )
+        except BaseException as exc:  # noqa: B036 - SystemExit/KeyboardInterrupt escape run_job
+            write_error_file(output_dir, _traceback(exc))
+            return {"status": "failed", "error": error_summary(exc), "output_dir": output_dir}
+
+        result: dict = {"output_dir": output_dir}
+        if ret.status == JobStatus.COMPLETED:
+            result.update(status="completed", return_json=to_json(ret._return_value))
+        else:
+            write_error_file(output_dir, _traceback(ret._return_value))
+            result.update(status="failed", error=error_summary(ret._return_value))
+        if self.want_returns:
+            result["result_blob"] = _pickle_job_return(ret)
+        return result
+
+
+def _scan_hydra_plugins() -> None:
+    """Have Hydra discover its plugins in this process once, before a sweep is unpickled.
+
+    Hydra's plugin scan re-executes every ``hydra_plugins`` module even when it is
+    already imported, which defines their config dataclasses anew.  Objects unpickled
+    before a scan (the sweep's master config, its config loader's cache) would keep
+    the old classes, and pickling the job's config then fails ("it's not the same
+    object as ..."): PickleJobInfoCallback wrote empty pickles and lost its log lines.
+    """
+    from hydra.core.plugins import Plugins
+
+    Plugins.instance()
+
+
+def _traceback(exc: BaseException) -> str:
+    return "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+
+
+def _pickle_job_return(ret: Any) -> bytes:
+    """The JobReturn for the waiting launcher; degrade the value if it cannot pickle."""
+    import cloudpickle
+    from hydra.core.utils import JobStatus
+
+    try:
+        return cloudpickle.dumps(ret)
+    except Exception:
+        value = ret._return_value
+        if ret.status == JobStatus.FAILED:
+            ret._return_value = JobError(error_summary(value))
+        else:
+            ret._return_value = to_json_value(value)
+        return cloudpickle.dumps(ret)
+
+
+def to_json_value(value: Any) -> Any:
+    import json
+
+    return json.loads(to_json(value))

@@ -1,0 +1,45 @@
+"""Describing what a job returned or raised: JSON for return values, one-line errors.
+
+Both the Hydra kind and the trainer kind of job (``dr_exp.context``) describe
+their outcome with these, in the job's own process.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Any
+
+
+class JobError(RuntimeError):
+    """Stands in for a job's exception when the original cannot travel back."""
+
+
+def to_json(value: Any) -> str:
+    """JSON for a return value: numbers, dicts, lists; numpy scalars and configs converted."""
+
+    def default(obj: Any) -> Any:
+        try:
+            from omegaconf import DictConfig, ListConfig, OmegaConf
+
+            if isinstance(obj, (DictConfig, ListConfig)):
+                return OmegaConf.to_container(obj, resolve=True)
+        except ImportError:  # pragma: no cover
+            pass
+        if hasattr(obj, "tolist"):  # numpy arrays and scalars, torch tensors
+            return obj.tolist()
+        if isinstance(obj, (set, frozenset, tuple)):
+            return list(obj)
+        if isinstance(obj, os.PathLike):
+            return os.fspath(obj)
+        return repr(obj)
+
+    try:
+        return json.dumps(value, default=default, allow_nan=True)
+    except (TypeError, ValueError):
+        return json.dumps(repr(value))
+
+
+def error_summary(exc: BaseException) -> str:
+    text = f"{type(exc).__name__}: {exc}".strip().replace("\n", " ")
+    return text[:500]
