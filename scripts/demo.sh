@@ -3,11 +3,8 @@
 # default: a SQLite queue in .dr_exp/jobs.db, drained by local worker processes.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-PYTHON="${PYTHON:-python3}"
-[ -x .venv/bin/python ] || "$PYTHON" -m venv .venv
-.venv/bin/python -m pip install -q --upgrade pip
-.venv/bin/python -m pip install -q --config-settings editable_mode=compat -e '.[examples]'
-export PATH="$PWD/.venv/bin:$PATH"
+. scripts/venv.sh
+install_dr_exp examples
 
 python examples/train.py -m optim.lr=0.01,0.1 seed=0,1,2 hydra/launcher=dr_exp
 echo

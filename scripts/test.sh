@@ -4,11 +4,8 @@
 # and run the whole test suite. Extra arguments go to pytest.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-PYTHON="${PYTHON:-python3}"
-[ -x .venv/bin/python ] || "$PYTHON" -m venv .venv
-.venv/bin/python -m pip install -q --upgrade pip
-.venv/bin/python -m pip install -q --config-settings editable_mode=compat -e '.[test]'
-export PATH="$PWD/.venv/bin:$PATH"
+. scripts/venv.sh
+install_dr_exp test
 
 if [ "${DR_EXP_TEST_SLURM:-1}" != 0 ] && [ "$(id -u)" = 0 ]; then
     bash tests/slurm/slurm-up.sh
