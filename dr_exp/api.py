@@ -32,10 +32,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Optional, Sequence, Union
 
-from dr_exp import jobfiles, trainer
+from dr_exp import jobfiles, paths, trainer
 from dr_exp.db import FINAL_STATUSES, ON_DUPLICATE, JobDB, validate_priority
 from dr_exp.defaults import MAX_ATTEMPTS as DEFAULT_MAX_ATTEMPTS
 from dr_exp.defaults import PRIORITY as DEFAULT_PRIORITY
+from dr_exp.errors import BadInput
 from dr_exp.identity import job_identity
 from dr_exp.paths import job_db as db_path_for
 from dr_exp.utils import import_function
@@ -45,7 +46,7 @@ RESERVED_KEYS = ("config", "config_name", "overrides", "priority", "tags", "trai
 DEFAULT_CONFIG_DIR = "configs/experiment"
 
 
-class SubmitError(ValueError):
+class SubmitError(BadInput):
     """Bad input to a submission, reported before anything is written."""
 
 
@@ -189,8 +190,9 @@ def submit_jobs(
     again) or the status of the existing job that was skipped.  With
     ``dry_run``, nothing is written and ``id`` is the existing job's or None.
     """
-    if not isinstance(experiment, str) or not experiment.strip():
+    if not isinstance(experiment, str):
         raise SubmitError(f"experiment must be a non-empty name, got {experiment!r}")
+    experiment = paths.check_experiment(experiment)
     if on_duplicate not in ON_DUPLICATE:
         raise SubmitError(f"on_duplicate must be one of {', '.join(ON_DUPLICATE)}")
     base = Path(os.path.expanduser(str(base_path))).absolute() if base_path else Path.cwd()
@@ -214,7 +216,6 @@ def submit_jobs(
                 sweep_dir=str(sweep_dir),
                 config_yaml=config.read_text(),
                 payload=b"",  # nothing to unpickle: the spec says what to run
-                signature="",
                 want_returns=False,
                 kind="trainer",
                 spec={"config": str(config), "trainer": trainer_fn, "project": project},
@@ -331,7 +332,7 @@ def wait(
     allocation) must be draining the queue.
     """
     if job_ids is None and not experiment:
-        raise ValueError("wait needs job ids or an experiment")
+        raise BadInput("wait needs job ids or an experiment")
     ids = None if job_ids is None else [int(i) for i in job_ids]
     path = db_path_for(str(db) if db else None, str(base_path) if base_path else None)
     deadline = None if timeout is None else time.monotonic() + timeout
@@ -341,7 +342,7 @@ def wait(
             rows = store.list_jobs(experiment=experiment, ids=ids)
             if ids is not None and len(rows) < len(set(ids)):
                 missing = sorted(set(ids) - {r["id"] for r in rows})
-                raise ValueError(f"no job with id {missing[0]}")
+                raise BadInput(f"no job with id {missing[0]}")
             left = [r for r in rows if r["status"] not in FINAL_STATUSES]
             if not left:
                 return rows

@@ -26,7 +26,7 @@ The guarantees every implementation keeps:
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Iterable, Optional, Protocol, Sequence
+from typing import TYPE_CHECKING, Any, Iterable, Optional, Protocol, Sequence
 
 if TYPE_CHECKING:
     from dr_exp.db import Enqueued, Job, Outcome, SweepRow
@@ -42,27 +42,15 @@ class JobQueue(Protocol):
     def get_sweep(self, sweep_id: int) -> Optional[SweepRow]: ...
 
     def enqueue_batch(
-        self,
-        sweep_id: int,
-        experiment: str,
-        jobs: Sequence[tuple[int, Sequence[str]]],
-        priority: int | Sequence[int] = ...,
-        tags: Sequence[str] = ...,
-        max_attempts: int = ...,
-        on_duplicate: str = ...,
+        self, sweep_id: int, experiment: str, jobs: Sequence[tuple[int, Sequence[str]]], **how: Any
     ) -> Enqueued:
-        """Queue (job number, overrides) pairs, matched against existing identities."""
+        """Queue (job number, overrides) pairs with ``priority`` (one, or one per job),
+        ``tags``, ``max_attempts``, matched against existing identities per ``on_duplicate``."""
 
     # -- the worker's side ------------------------------------------------------------
-    def claim(
-        self,
-        worker: str,
-        host: str,
-        experiment: Optional[str] = None,
-        finished: Optional[tuple[int, Outcome]] = None,
-        lease_s: float = ...,
-    ) -> Optional[Job]:
-        """The next job for ``worker``, after recording ``finished``; None when none is due."""
+    def claim(self, worker: str, host: str, **options: Any) -> Optional[Job]:
+        """The next job for ``worker`` (of ``experiment`` only, if given), under a lease of
+        ``lease_s``, after recording ``finished`` (job id, Outcome); None when none is due."""
 
     def has_work(self, experiment: Optional[str] = None) -> bool:
         """Anything to claim or reap?  A read that takes no write lock (idle polling)."""
@@ -94,15 +82,9 @@ class JobQueue(Protocol):
     def status_counts(self, experiment: Optional[str] = None) -> list[dict]:
         """One row per (experiment, status) with its count ``n``."""
 
-    def list_jobs(
-        self,
-        statuses: Optional[Sequence[str]] = None,
-        experiment: Optional[str] = None,
-        limit: Optional[int] = None,
-        ids: Optional[Sequence[int]] = None,
-        tags: Optional[Sequence[str]] = None,
-        sweep_ids: Optional[Sequence[int]] = None,
-    ) -> list[dict]: ...
+    def list_jobs(self, **filters: Any) -> list[dict]:
+        """Jobs matching every filter given: ``statuses``, ``experiment``, ``ids``, ``tags``
+        (jobs that carry all of them), ``sweep_ids``; at most ``limit``, in id order."""
 
     def get_job(self, job_id: int) -> Optional[dict]: ...
 

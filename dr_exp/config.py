@@ -17,7 +17,8 @@ from typing import Any, Dict, List, Optional
 
 from hydra_plugins.hydra_submitit_launcher.config import BaseQueueConf
 
-from dr_exp import defaults
+from dr_exp import defaults, paths
+from dr_exp.failures import RETRYABLE
 
 
 class Backend(str, Enum):
@@ -33,6 +34,13 @@ class OnDuplicate(str, Enum):
     retry_failed = "retry_failed"  # skip completed/pending/running; queue failed/cancelled again
     skip = "skip"  # skip every existing job
     always = "always"  # queue every job anew
+
+
+class NotifyMode(str, Enum):
+    """Which value of notify_metric is the best one."""
+
+    min = "min"  # a loss, an error rate
+    max = "max"  # an accuracy, a reward
 
 
 @dataclass
@@ -123,6 +131,31 @@ class DrExpLauncherConf:
     workers_per_gpu: int = 1
     slurm: DrExpSlurmConf = field(default_factory=DrExpSlurmConf)
     sync: DrExpSyncConf = field(default_factory=DrExpSyncConf)
+    # A notice when the sweep ends (dr_exp.notify), sent once: null (none), a webhook URL
+    # (http:// or https://: a POST of the JSON summary), or a command as a list of
+    # arguments, e.g. [notify-send, "sweep done"] (the JSON on stdin; never a shell string).
+    # Typed Any so that a URL or a list can be given on the command line.
+    notify: Any = None
+    # Also send one notice at the sweep's first failed job.
+    notify_on_failure: bool = False
+    # The metric whose best value (and its job) the summary reports; notify_mode says
+    # whether the best is the smallest or the largest value.
+    notify_metric: Optional[str] = None
+    notify_mode: NotifyMode = NotifyMode.min
+    # pkg.module:function called once the sweep ends, with its results table (a pandas
+    # DataFrame, as dr_exp.results.load gives it), in the folder the sweep started from.
+    on_sweep_end: Optional[str] = None
+    # How many times a failure of each class is retried, after an exponential backoff:
+    # e.g. {oom: 1, killed: 1, error: 0}; the classes are dr_exp.failures.RETRYABLE (a lost
+    # job's attempts are max_attempts).  null: failures are final.  Typed Any (default
+    # null) so that `retry={oom:1}` can set a whole mapping on the command line.
+    retry: Any = None
+    # The first retry's wait, in seconds; each next one waits twice as long (at most 10 min).
+    retry_backoff_s: float = 10.0
+    # Copy the project's source (the files git tracks, or snapshot_glob's matches) into the
+    # sweep folder when the sweep is submitted; its jobs import from the copy.
+    snapshot_code: bool = False
+    snapshot_glob: Optional[str] = None
 
 
 def _at_least(value: Any, low: float, key: str, what: str) -> list[str]:
@@ -132,8 +165,10 @@ def _at_least(value: Any, low: float, key: str, what: str) -> list[str]:
 def check(conf: DrExpLauncherConf) -> list[str]:
     """The rules a type cannot say, as ``"<key>: <why>"`` messages (empty when all hold)."""
     problems: list[str] = []
-    if not conf.experiment.strip():
-        problems.append(f"experiment: must be a non-empty name, got {conf.experiment!r}")
+    try:
+        paths.check_experiment(conf.experiment)
+    except ValueError as e:
+        problems.append(f"experiment: {e}")
     if not defaults.PRIORITY_MIN <= conf.priority <= defaults.PRIORITY_MAX:
         problems.append(
             f"priority: must be from 0 to 1000 (higher runs first), got {conf.priority}"
@@ -151,4 +186,53 @@ def check(conf: DrExpLauncherConf) -> list[str]:
         problems.append(
             f"idle_timeout: must be a finite number of seconds, got {conf.idle_timeout}"
         )
+    problems += _at_least(conf.retry_backoff_s, 0, "retry_backoff_s", "0 or more seconds")
+    retry = conf.retry if isinstance(conf.retry, dict) else {}
+    if conf.retry is not None and not isinstance(conf.retry, dict):
+        problems.append(f"retry: must be a mapping like {{oom: 1}}, got {conf.retry!r}")
+    for name, times in retry.items():
+        if isinstance(times, bool) or not isinstance(times, int):
+            problems.append(f"retry.{name}: must be a whole number of retries, got {times!r}")
+        elif name not in RETRYABLE:
+            problems.append(
+                f"retry.{name}: not a failure class that can be retried; "
+                f"choose from {', '.join(RETRYABLE)} (lost jobs: max_attempts)"
+            )
+        elif not 0 <= times <= 100:
+            problems.append(f"retry.{name}: must be from 0 to 100 retries, got {times}")
+    return problems + _notify_problems(conf)
+
+
+def _notify_problems(conf: DrExpLauncherConf) -> list[str]:
+    """notify is a URL or an argument list, never a shell string; the rest needs it."""
+    from urllib.parse import urlsplit
+
+    from dr_exp.utils import FunctionNotFound, split_function_name
+
+    target, problems = conf.notify, []
+    if isinstance(target, str):
+        url = urlsplit(target.strip())
+        if url.scheme not in ("http", "https") or not url.netloc:
+            problems.append(
+                f"notify: must be an http:// or https:// URL, or a command as a list of "
+                f"arguments such as [notify-send, done] (never a shell string), got {target!r}"
+            )
+    elif isinstance(target, (list, tuple)):
+        plain = all(isinstance(a, (str, int, float)) and not isinstance(a, bool) for a in target)
+        if not target or not plain or not str(target[0]).strip():
+            problems.append(
+                f"notify: a command is a non-empty list of argument strings, got {list(target)!r}"
+            )
+    elif target is not None:
+        problems.append(f"notify: must be null, a URL or a list of arguments, got {target!r}")
+    for key in ("notify_on_failure", "notify_metric"):
+        if getattr(conf, key) and target is None:
+            problems.append(f"{key}: needs notify (a URL or a command) to send the notice")
+    if conf.notify_metric is not None and not conf.notify_metric.strip():
+        problems.append("notify_metric: must be a metric's name or null")
+    if conf.on_sweep_end is not None:
+        try:
+            split_function_name(conf.on_sweep_end, "the name")
+        except FunctionNotFound as e:
+            problems.append(f"on_sweep_end: {e}")
     return problems

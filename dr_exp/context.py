@@ -11,7 +11,7 @@ more entry in ``dr_exp.kinds.KINDS``.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Callable
 
 if TYPE_CHECKING:
     from dr_exp.db import Job
@@ -27,11 +27,7 @@ class JobContext(ABC):
     sweep_id: int
     cwd: str  # the directory the sweep was submitted from; jobs start there
     want_returns: bool  # does a waiting launcher read each job's JobReturn?
-
-    @property
-    def callbacks(self) -> list[Any]:
-        """The sweep's Hydra callbacks (the worker records sync folders through them)."""
-        return []
+    settings: dict  # the sweep's signed settings (retry policy, notices), see dr_exp.config
 
     def activate(self) -> None:
         """In the worker, once per sweep before its first fork: state its jobs inherit."""
@@ -41,4 +37,5 @@ class JobContext(ABC):
     def run(self, job: Job, report: Callable[[dict], None]) -> dict:
         """In the job's own process: run ``job``; ``report({"output_dir": ...})`` as soon as
         the folder is known; return ``{"status", "output_dir", "return_json" | "error",
-        "result_blob"?}``."""
+        "result_blob"?}``.  A ``{"sync": [...]}`` report names the sweep's sync
+        destinations, so that the worker records the folder of a job that dies."""

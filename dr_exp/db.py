@@ -7,7 +7,7 @@ Example::
     db = JobDB.open(".dr_exp/jobs.db")
     sweep = db.add_sweep(experiment="train", app="train", cwd="/proj", sys_path=[],
                          sweep_dir="multirun/x", config_yaml="...", payload=b"...",
-                         signature="...", want_returns=True)
+                         want_returns=True)
     ids = db.enqueue(sweep, "train", [(0, ["seed=0"]), (1, ["seed=1"])], priority=500, tags=[])
     job = db.claim(worker="host-1-ab", host="host")      # highest priority, then FIFO
     db.finish(job.id, "host-1-ab", Outcome(status="completed", return_json="0.93"))
@@ -27,8 +27,10 @@ import os
 import sqlite3
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Callable, Iterable, Optional, Sequence
 
+from dr_exp import signing
 from dr_exp.defaults import (
     FINAL_STATUSES,
     LEASE_S,
@@ -40,7 +42,7 @@ from dr_exp.defaults import (
 )
 from dr_exp.errors import BadInput
 from dr_exp.identity import job_identity
-from dr_exp.store import SQLiteStore
+from dr_exp.store import SQLiteStore, retry_busy
 
 __all__ = ["JobDB", "Job", "Outcome", "Enqueued", "SweepRow", "STATUSES", "FINAL_STATUSES"]
 
@@ -89,6 +91,13 @@ class Job:
     run_sweep_id: Optional[int] = None
     sweep_dir: Optional[str] = None
     sweep_subdir: Optional[str] = None
+    output_dir: Optional[str] = None  # where an earlier attempt ran, if one did
+    signed: dict = field(default_factory=dict)  # the stored fields its signature covers
+    signature: Optional[str] = None
+
+    def verify(self) -> None:
+        """NotSigned unless a key this process holds signed this row as it is."""
+        signing.verify_fields("job", self.signed, self.signature, f"job {self.id}")
 
 
 @dataclass
@@ -126,6 +135,9 @@ class Outcome:
     output_dir: Optional[str] = None
     result_blob: Optional[bytes] = None
     result_signature: Optional[str] = None
+    result_path: Optional[str] = None  # a large result_blob, kept in the job's folder instead
+    failure: Optional[str] = None  # a failed run's class: see dr_exp.failures
+    retry_after: Optional[float] = None  # a failure its retry policy retries: in this many s
 
 
 @dataclass
@@ -144,6 +156,37 @@ class SweepRow:
     spec: Optional[dict] = None
     app: Optional[str] = None
     sweep_dir: Optional[str] = None
+    settings: dict = field(default_factory=dict)  # what workers apply to its jobs (JSON)
+    signed: dict = field(default_factory=dict)  # the stored fields its signature covers
+
+
+# What decides what runs, and so is signed (signing.py): a sweep's whole row, and each
+# job's overrides, identity, sweep link and folder.  Priority, tags and status are not:
+# any member of a group sharing a queue may reorder or retry its jobs.
+SWEEP_SIGNED = tuple(
+    "experiment app kind cwd sys_path sweep_dir config want_returns spec settings key_id "
+    "payload_sha256".split()
+)
+JOB_SIGNED = tuple(
+    "id experiment sweep_id run_sweep_id job_num overrides identity output_dir key_id".split()
+)
+_JOB_SIGNED_SQL = ", ".join(JOB_SIGNED)
+
+
+def _job_signature(fields: dict) -> str:
+    key = signing.keyring().get(fields["key_id"]) or signing.signing_key()
+    return signing.sign_fields("job", {k: fields[k] for k in JOB_SIGNED}, key)
+
+
+def _resign_job(conn: sqlite3.Connection, job_id: int) -> None:
+    """Sign a job row again after a signed field changed (its folder, its sweep link)."""
+    row = conn.execute(f"SELECT {_JOB_SIGNED_SQL} FROM jobs WHERE id = ?", (job_id,)).fetchone()
+    if row is not None:
+        fields = dict(zip(JOB_SIGNED, row))
+        if fields["key_id"] in signing.keyring():
+            conn.execute(
+                "UPDATE jobs SET signature = ? WHERE id = ?", (_job_signature(fields), job_id)
+            )
 
 
 def _migrate_to_1(db: Any) -> None:
@@ -267,11 +310,109 @@ def _migrate_to_3(db: Any) -> None:
     db["jobs"].create_index(["experiment", "identity"], index_name="jobs_identity")
 
 
+def _migrate_to_4(db: Any) -> None:
+    """Leases judged by generations (no cross-host clock), the cancelling state, and
+    returned objects kept in files."""
+    db["jobs"].add_column("lease_gen", int, not_null_default=0)
+    db["jobs"].add_column("lease_s", float)
+    db.execute("DROP INDEX IF EXISTS jobs_running_lease")
+    # A large returned object lives in a file of the job's folder; the row points at it.
+    db["results"].add_column("path", str)
+    # Reapers read every live job's lease generation: a small covering partial index.
+    db.execute(
+        "CREATE INDEX jobs_live ON jobs(id, lease_gen, lease_s) "
+        "WHERE status IN ('running', 'cancelling')"
+    )
+
+
+def _migrate_to_5(db: Any) -> None:
+    """Signed rows: each sweep and job carries its signature and its key's id; sweeps carry
+    the settings their workers apply.  Failed attempts carry a class, and retries a time."""
+    db["sweeps"].add_column("key_id", str)
+    db["sweeps"].add_column("settings", str)  # JSON
+    db["jobs"].add_column("key_id", str)
+    db["jobs"].add_column("signature", str)
+    # Failure classes (error, oom, killed, lost, preempted, timeout, signature) and retries.
+    db["jobs"].add_column("failure", str)
+    db["jobs"].add_column("next_try", float)  # a retried failure waits out its backoff
+    db["attempts"].add_column("failure", str)
+    db["workers"].add_column("detail", str)  # why a worker stopped claiming
+    db["attempts"].create_index(["host", "ended"], index_name="attempts_host_ended")
+    # Per-sweep counts (the dashboard's overview, sweep ends) from the index alone.
+    db["jobs"].create_index(["sweep_id", "status"], index_name="jobs_sweep_status")
+    _sign_legacy_rows(db.conn)
+
+
+def _sign_legacy_rows(conn: sqlite3.Connection) -> None:
+    """Rows written by dr_exp before version 5 were unsigned (jobs, trainer sweeps) or signed
+    in their payload alone.  The first dr_exp to open the file signs them with its key, so
+    that queued work survives the upgrade; a Hydra sweep only if its payload's old
+    signature verifies under that key (else its jobs fail as not signed)."""
+    import hmac
+
+    if conn.execute("SELECT 1 FROM sweeps UNION ALL SELECT 1 FROM jobs LIMIT 1").fetchone() is None:
+        return  # a new file: nothing to sign, and no key needed to create it
+    key = signing.signing_key()
+    legacy = signing.Key(key.id, signing.private_key().secret, key.path)
+    sweeps = conn.execute(
+        "SELECT id, experiment, app, kind, cwd, sys_path, sweep_dir, config, want_returns, spec, "
+        "payload, signature FROM sweeps"
+    ).fetchall()
+    for sid, exp, app, kind, cwd, sys_path, sweep_dir, config, want, spec, data, old in sweeps:
+        if (kind or "hydra") == "hydra":
+            expected = signing.sign_bytes(legacy, data or b"").partition(":")[2]
+            if not hmac.compare_digest(expected, old or ""):
+                continue
+        values = (exp, app, kind or "hydra", cwd, sys_path, sweep_dir, config, want, spec, "{}")
+        fields = dict(zip(SWEEP_SIGNED, (*values, key.id, signing.digest(data or b""))))
+        conn.execute(
+            "UPDATE sweeps SET settings = '{}', key_id = ?, signature = ? WHERE id = ?",
+            (key.id, signing.sign_fields("sweep", fields, key), sid),
+        )
+    conn.execute("UPDATE jobs SET key_id = ?", (key.id,))
+    for (job_id,) in conn.execute("SELECT id FROM jobs").fetchall():
+        _resign_job(conn, job_id)
+
+
+def _migrate_to_6(db: Any) -> None:
+    """Notices (dr_exp.notify): one row per sweep and kind, claimed by one process under a
+    lease, sent once, retried with backoff; and the jobs a re-run sweep took over, by sweep."""
+    db["notices"].create(
+        {
+            "id": int,
+            "sweep_id": int,
+            "kind": str,  # end, failure (hydra.launcher.notify) or hook (on_sweep_end)
+            "state": str,  # pending, sending, sent, failed (gave up)
+            "attempts": int,
+            "max_attempts": int,
+            "created": float,
+            "next_try": float,
+            "last_error": str,
+            "claimed_by": str,  # the process that sends it (or waits to retry it)
+            "lease_until": float,  # wall clock; after it, any process may take it over
+            "sent": float,
+        },
+        pk="id",
+        not_null={"sweep_id", "kind", "state", "attempts", "max_attempts", "created", "next_try"},
+        defaults={"state": "pending", "attempts": 0},
+        foreign_keys=[("sweep_id", "sweeps", "id")],
+    )
+    # One row per sweep and kind: INSERT OR IGNORE makes exactly one process its creator.
+    db["notices"].create_index(["sweep_id", "kind"], unique=True, index_name="notices_sweep_kind")
+    db.execute(
+        "CREATE INDEX notices_open ON notices(next_try) WHERE state IN ('pending', 'sending')"
+    )
+    db.execute("CREATE INDEX jobs_run_sweep ON jobs(run_sweep_id) WHERE run_sweep_id IS NOT NULL")
+
+
 # MIGRATIONS[i] takes a database at schema version i to version i + 1.
 MIGRATIONS: list[Callable[[Any], None]] = [
     _migrate_to_1,
     _migrate_to_2,
     _migrate_to_3,
+    _migrate_to_4,
+    _migrate_to_5,
+    _migrate_to_6,
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 
@@ -285,6 +426,11 @@ class JobDB(SQLiteStore):
         "; run a sweep with hydra/launcher=dr_exp first, or point --db / DR_EXP_DB at one"
     )
 
+    def __init__(self, path: Any, conn: sqlite3.Connection, journal_mode: str) -> None:
+        super().__init__(path, conn, journal_mode)
+        # job id -> (lease generation, when this process first saw it): see _expired
+        self._seen: dict[int, tuple[int, float]] = {}
+
     # -- sweeps ----------------------------------------------------------------
     def add_sweep(
         self,
@@ -296,12 +442,14 @@ class JobDB(SQLiteStore):
         sweep_dir: str,
         config_yaml: str,
         payload: bytes,
-        signature: str,
         want_returns: bool,
         kind: str = "hydra",
         spec: Optional[dict] = None,
+        settings: Optional[dict] = None,
     ) -> int:
-        """A sweep: a signed Hydra payload, or (kind 'trainer') a JSON spec of what to run."""
+        """A sweep: a Hydra payload, or (kind 'trainer') a JSON spec of what to run.  The
+        whole row is signed, the payload by its digest."""
+        key = signing.signing_key()
         row = {
             "experiment": experiment,
             "app": app,
@@ -312,21 +460,27 @@ class JobDB(SQLiteStore):
             "config": config_yaml,
             "want_returns": int(want_returns),
             "payload": payload,
-            "signature": signature,
             "kind": kind,
             "spec": json.dumps(spec, sort_keys=True) if spec is not None else None,
+            "settings": json.dumps(settings or {}, sort_keys=True),
+            "key_id": key.id,
         }
+        fields = {k: row[k] for k in SWEEP_SIGNED if k in row}
+        fields["payload_sha256"] = signing.digest(payload)
+        row["signature"] = signing.sign_fields("sweep", fields, key)
         return self.write(lambda conn: _insert(conn, "sweeps", [row]))
 
     def get_sweep(self, sweep_id: int) -> Optional[SweepRow]:
         rows = self.rows(
-            "SELECT id, experiment, cwd, sys_path, payload, signature, want_returns, "
-            "kind, spec, app, sweep_dir FROM sweeps WHERE id = ?",
+            "SELECT id, experiment, cwd, sys_path, payload, signature, want_returns, kind, spec, "
+            "app, sweep_dir, config, settings, key_id FROM sweeps WHERE id = ?",
             (sweep_id,),
         )
         if not rows:
             return None
         r = rows[0]
+        signed = {k: r[k] for k in SWEEP_SIGNED if k in r}
+        signed["payload_sha256"] = signing.digest(r["payload"] or b"")
         return SweepRow(
             id=r["id"],
             experiment=r["experiment"],
@@ -339,6 +493,8 @@ class JobDB(SQLiteStore):
             spec=json.loads(r["spec"]) if r["spec"] else None,
             app=r["app"],
             sweep_dir=r["sweep_dir"],
+            settings=json.loads(r["settings"]) if r["settings"] else {},
+            signed=signed,
         )
 
     # -- enqueueing ------------------------------------------------------------
@@ -388,6 +544,7 @@ class JobDB(SQLiteStore):
         validate_attempts(max_attempts, "max_attempts")
         now = time.time()
         tags_json = json.dumps(list(tags))
+        key = signing.signing_key()
 
         def insert(conn: sqlite3.Connection) -> Enqueued:
             app = conn.execute("SELECT app FROM sweeps WHERE id = ?", (sweep_id,)).fetchone()
@@ -402,12 +559,18 @@ class JobDB(SQLiteStore):
             ids: list[Optional[int]] = [None] * len(jobs)
             actions = [""] * len(jobs)
             rows = []
+            # We hold the write lock: the new rows' ids are known before they are inserted,
+            # and each row is signed with its id.
+            next_id = conn.execute("SELECT coalesce(max(id), 0) + 1 FROM jobs").fetchone()[0]
             for i, ((num, overrides), identity) in enumerate(zip(jobs, identities)):
                 old = existing.get(identity)
                 if old is None:
                     actions[i] = "queued"
+                    ids[i] = next_id
+                    next_id += 1
                     rows.append(
                         {
+                            "id": ids[i],
                             "experiment": experiment,
                             "sweep_id": sweep_id,
                             "job_num": num,
@@ -419,8 +582,12 @@ class JobDB(SQLiteStore):
                             "attempts": 0,
                             "max_attempts": max_attempts,
                             "created": now,
+                            "run_sweep_id": None,
+                            "output_dir": None,
+                            "key_id": key.id,
                         }
                     )
+                    rows[-1]["signature"] = _job_signature(rows[-1])
                     continue
                 ids[i] = old["id"]
                 if old["status"] in ("failed", "cancelled") and on_duplicate == "retry_failed":
@@ -432,12 +599,7 @@ class JobDB(SQLiteStore):
                         continue
                 actions[i] = old["status"]
             if rows:
-                first = _insert(conn, "jobs", rows)
-                # We hold the write lock, so the batch got consecutive ids.
-                new_ids = iter(range(first, first + len(rows)))
-                for i, action in enumerate(actions):
-                    if action == "queued":
-                        ids[i] = next(new_ids)
+                _insert(conn, "jobs", rows)
             assert all(i is not None for i in ids), "enqueue: inserted rows went missing"
             return Enqueued(ids=ids, actions=actions)  # type: ignore[arg-type]
 
@@ -482,7 +644,7 @@ class JobDB(SQLiteStore):
         """A failed or cancelled job back to pending: same row, history kept, fresh attempts."""
         changed = conn.execute(
             "UPDATE jobs SET status = 'pending', worker = NULL, host = NULL, started = NULL, "
-            "ended = NULL, lease_expires = NULL, error = NULL, return_value = NULL, "
+            "ended = NULL, lease_expires = NULL, error = NULL, return_value = NULL, next_try = NULL, "
             "max_attempts = attempts + ?, priority = coalesce(?, priority), "
             "tags = coalesce(?, tags), "
             "run_sweep_id = CASE WHEN ? IS NULL THEN run_sweep_id "
@@ -492,25 +654,36 @@ class JobDB(SQLiteStore):
         ).rowcount
         if changed:
             conn.execute("DELETE FROM results WHERE job_id = ?", (job_id,))  # a stale return
+            if run_sweep_id is not None:  # a re-run's code runs it now: signed by its submitter
+                conn.execute(
+                    "UPDATE jobs SET key_id = ? WHERE id = ?", (signing.signing_key().id, job_id)
+                )
+                _resign_job(conn, job_id)
         return changed == 1
 
     # -- the worker's side -----------------------------------------------------
     CLAIM_SQL = """
         UPDATE jobs
            SET status = 'running', worker = :worker, host = :host, started = :now,
-               ended = NULL, attempts = attempts + 1, lease_expires = :lease_expires
+               ended = NULL, attempts = attempts + 1, lease_expires = :lease_expires,
+               lease_s = :lease_s, lease_gen = coalesce(lease_gen, 0) + 1
          WHERE id = (SELECT id FROM jobs
                       WHERE status = 'pending' {experiment_filter}
+                        AND key_id IN (SELECT value FROM json_each(:keys))
+                        AND (next_try IS NULL OR next_try <= :now)
                       ORDER BY priority DESC, id LIMIT 1)
-        RETURNING id, experiment, sweep_id, job_num, overrides, attempts, run_sweep_id
+        RETURNING id, experiment, sweep_id, job_num, overrides, attempts, run_sweep_id, output_dir,
+                  identity, key_id, signature
     """
+    # A change to a running job: only by the worker that holds it, for the attempt it claimed.
+    _MINE = "id = :id AND status IN ('running', 'cancelling') AND worker = :worker AND attempts = :attempt"
 
     def claim(
         self,
         worker: str,
         host: str,
         experiment: Optional[str] = None,
-        finished: Optional[tuple[int, Outcome]] = None,
+        finished: Optional[tuple[Job, Outcome]] = None,
         lease_s: float = LEASE_S,
     ) -> Optional[Job]:
         """Claim the next pending job: highest priority first, FIFO within a priority.
@@ -527,13 +700,15 @@ class JobDB(SQLiteStore):
             now = time.time()
             if finished is not None:
                 self._finish(conn, finished[0], worker, finished[1])
-            self._reap(conn, now)
+            self._reap(conn)
             params = {
                 "worker": worker,
                 "host": host,
                 "now": now,
                 "experiment": experiment,
                 "lease_expires": now + lease_s,
+                "lease_s": lease_s,
+                "keys": json.dumps(sorted(signing.keyring())),  # only jobs we can verify
             }
             row = conn.execute(sql, params).fetchone()
             if row is None:
@@ -543,6 +718,11 @@ class JobDB(SQLiteStore):
                 (row[0], row[5], worker, host, now),
             )
             job = Job(row[0], row[1], row[2], row[3], json.loads(row[4]), row[5], row[6])
+            job.output_dir, job.signature = row[7], row[10]
+            stored = dict(zip(("id", "experiment", "sweep_id", "job_num", "overrides"), row))
+            job.signed = dict(
+                stored, run_sweep_id=row[6], output_dir=row[7], identity=row[8], key_id=row[9]
+            )
             if job.run_sweep_id is not None:
                 job.sweep_dir, job.sweep_subdir = self._first_folder(conn, job.id, job.sweep_id)
             return job
@@ -570,134 +750,209 @@ class JobDB(SQLiteStore):
         worker: Optional[str],
         outcome: str,
         detail: Optional[str] = None,
+        failure: Optional[str] = None,
     ) -> None:
         conn.execute(
-            "UPDATE attempts SET ended = ?, outcome = ?, detail = ? "
+            "UPDATE attempts SET ended = ?, outcome = ?, detail = ?, failure = ? "
             "WHERE job_id = ? AND ended IS NULL AND (? IS NULL OR worker = ?)",
-            (time.time(), outcome, detail, job_id, worker, worker),
+            (time.time(), outcome, detail, failure, job_id, worker, worker),
         )
 
-    def _reap(self, conn: sqlite3.Connection, now: float) -> list[int]:
-        """Requeue (or fail, past max_attempts) running jobs whose lease expired."""
-        expired = conn.execute(
-            "SELECT id, attempts, max_attempts, worker FROM jobs "
-            "WHERE status = 'running' AND lease_expires < ?",
-            (now,),
+    # -- leases, judged on this process's own clock ----------------------------------
+    def _expired(self, conn: sqlite3.Connection) -> list[tuple]:
+        """Running jobs whose lease generation this process has seen unchanged for longer
+        than their lease, by its own monotonic clock.
+
+        A worker bumps ``lease_gen`` at every renewal.  Comparing wall clocks across
+        hosts would let a node whose clock is ahead reap a healthy job; a generation
+        that stood still for ``lease_s`` here means its worker really stopped renewing.
+        A process that has just started therefore waits one lease before it reaps.
+        """
+        now = time.monotonic()
+        rows = conn.execute(
+            "SELECT id, lease_gen, lease_s, attempts, max_attempts, worker, status FROM jobs "
+            "WHERE status IN ('running', 'cancelling')"
         ).fetchall()
-        for job_id, attempts, max_attempts, worker in expired:
+        seen, self._seen = self._seen, {}
+        expired = []
+        for row in rows:
+            job_id, gen, lease_s = row[0], row[1], row[2] or LEASE_S
+            first = seen.get(job_id)
+            since = first[1] if first is not None and first[0] == gen else now
+            self._seen[job_id] = (gen, since)
+            if now - since >= lease_s:
+                expired.append(row)
+        return expired
+
+    def _reap(self, conn: sqlite3.Connection) -> list[int]:
+        """Requeue (or fail, past max_attempts) running jobs whose lease expired; a job
+        being cancelled whose worker is gone becomes cancelled."""
+        now = time.time()
+        reaped = []
+        for job_id, gen, _, attempts, max_attempts, worker, status in self._expired(conn):
             detail = f"worker {worker} stopped renewing its lease"
-            if attempts >= (max_attempts or MAX_ATTEMPTS):
-                conn.execute(
+            where = "WHERE id = ? AND status = ? AND lease_gen IS ?"
+            if status == "cancelling":
+                sql = (
+                    f"UPDATE jobs SET status = 'cancelled', ended = ?, lease_expires = NULL {where}"
+                )
+                params: tuple = (now, job_id, status, gen)
+                outcome, detail = "cancelled", "cancelled after its worker was gone"
+            elif attempts >= (max_attempts or MAX_ATTEMPTS):
+                sql = (
                     "UPDATE jobs SET status = 'failed', ended = ?, lease_expires = NULL, "
-                    "error = ? WHERE id = ? AND status = 'running' AND lease_expires < ?",
-                    (now, f"lost after {attempts} attempts ({detail})", job_id, now),
+                    f"failure = 'lost', error = ? {where}"
                 )
+                params = (now, f"lost after {attempts} attempts ({detail})", job_id, status, gen)
+                outcome = "lost"
             else:
-                conn.execute(
+                sql = (
                     "UPDATE jobs SET status = 'pending', worker = NULL, host = NULL, "
-                    "started = NULL, lease_expires = NULL "
-                    "WHERE id = ? AND status = 'running' AND lease_expires < ?",
-                    (job_id, now),
+                    f"started = NULL, lease_expires = NULL {where}"
                 )
-            self._end_attempt(conn, job_id, worker, "lost", detail)
-        return [row[0] for row in expired]
+                params = (job_id, status, gen)
+                outcome = "lost"
+            if conn.execute(sql, params).rowcount == 1:
+                failure = "lost" if outcome == "lost" else None
+                self._end_attempt(conn, job_id, worker, outcome, detail, failure)
+                self._seen.pop(job_id, None)
+                reaped.append(job_id)
+        return reaped
 
     def reap_expired(self) -> list[int]:
         """Reap expired leases now (claims do this too); returns the reaped job ids."""
-        return self.write(lambda conn: self._reap(conn, time.time()))
+        return self.write(self._reap)
 
-    def heartbeat(self, job_id: int, worker: str, lease_s: float = LEASE_S) -> str:
-        """Renew the lease on a running job: ``ok``, or ``cancelled``/``lost`` if it is not ours."""
+    def heartbeat(self, job: Job, worker: str, lease_s: float = LEASE_S) -> str:
+        """Renew the lease on a running job: ``ok``; ``cancelling`` when the job is to be
+        stopped (cancelled); ``lost`` when it is no longer ours."""
 
         def renew(conn: sqlite3.Connection) -> str:
-            changed = conn.execute(
-                "UPDATE jobs SET lease_expires = ? "
-                "WHERE id = ? AND status = 'running' AND worker = ?",
-                (time.time() + lease_s, job_id, worker),
-            ).rowcount
-            if changed == 1:
-                return "ok"
-            row = conn.execute("SELECT status FROM jobs WHERE id = ?", (job_id,)).fetchone()
-            outcome = "cancelled" if row and row[0] == "cancelled" else "lost"
-            self._end_attempt(conn, job_id, worker, outcome)
-            return outcome
+            mine = {"id": job.id, "worker": worker, "attempt": job.attempts}
+            row = conn.execute(
+                "UPDATE jobs SET lease_gen = lease_gen + 1, lease_expires = :expires "
+                f"WHERE {self._MINE} RETURNING status",
+                dict(mine, expires=time.time() + lease_s),
+            ).fetchone()
+            if row is not None:
+                return "ok" if row[0] == "running" else "cancelling"
+            self._end_attempt(conn, job.id, worker, "lost")
+            return "lost"
 
         return self.write(renew)
 
     def has_work(self, experiment: Optional[str] = None) -> bool:
-        """Anything to claim or reap?  A plain read: idle workers poll without the write lock."""
+        """Anything to claim or reap?  Plain reads: idle workers poll without the write lock."""
+        sql = (
+            "SELECT 1 FROM jobs WHERE status = 'pending' "
+            "AND key_id IN (SELECT value FROM json_each(?))"
+        )
+        params: tuple = (json.dumps(sorted(signing.keyring())),)
         if experiment:
-            sql, params = (
-                "SELECT 1 FROM jobs WHERE status = 'pending' AND experiment = ? LIMIT 1",
-                (experiment,),
-            )
-        else:
-            sql, params = "SELECT 1 FROM jobs WHERE status = 'pending' LIMIT 1", ()
-        if self.rows(sql, params):
+            sql, params = sql + " AND experiment = ?", params + (experiment,)
+        if self.rows(sql + " LIMIT 1", params):
             return True
-        return bool(
-            self.rows(
-                "SELECT 1 FROM jobs WHERE status = 'running' AND lease_expires < ? LIMIT 1",
-                (time.time(),),
-            )
-        )
+        return bool(self._undamaged(lambda: retry_busy(lambda: self._expired(self.conn))))
 
-    def set_output_dir(self, job_id: int, worker: str, output_dir: str) -> bool:
-        return self.write(
-            lambda conn: (
-                conn.execute(
-                    "UPDATE jobs SET output_dir = ? WHERE id = ? AND status = 'running' AND worker = ?",
-                    (output_dir, job_id, worker),
-                ).rowcount
-                == 1
-            )
-        )
+    def set_output_dir(self, job: Job, worker: str, output_dir: str) -> bool:
+        mine = {"id": job.id, "worker": worker, "attempt": job.attempts, "dir": output_dir}
+        sql = f"UPDATE jobs SET output_dir = :dir WHERE {self._MINE}"
 
-    def _finish(self, conn: sqlite3.Connection, job_id: int, worker: str, outcome: Outcome) -> bool:
+        def update(conn: sqlite3.Connection) -> bool:
+            if conn.execute(sql, mine).rowcount != 1:
+                return False
+            _resign_job(conn, job.id)  # the folder decides where a re-run writes: signed
+            return True
+
+        return self.write(update)
+
+    def _finish(self, conn: sqlite3.Connection, job: Job, worker: str, outcome: Outcome) -> bool:
+        """Record how a run ended.  A job being cancelled that finished first is recorded
+        as it finished: the record matches what happened."""
         if outcome.status not in ("completed", "failed"):
             raise BadInput(f"a run ends completed or failed, not {outcome.status!r}")
+        now = time.time()
+        retry = outcome.status == "failed" and outcome.retry_after is not None
         changed = conn.execute(
-            "UPDATE jobs SET status = ?, ended = ?, return_value = ?, error = ?, "
-            "output_dir = coalesce(?, output_dir), lease_expires = NULL "
-            "WHERE id = ? AND status = 'running' AND worker = ?",
-            (
-                outcome.status,
-                time.time(),
-                outcome.return_json,
-                outcome.error,
-                outcome.output_dir,
-                job_id,
-                worker,
-            ),
+            "UPDATE jobs SET status = :status, ended = :ended, return_value = :ret, "
+            "error = :error, failure = :failure, next_try = :next_try, "
+            "output_dir = coalesce(:dir, output_dir), lease_expires = NULL, "
+            "worker = CASE WHEN :retry THEN NULL ELSE worker END, "
+            "host = CASE WHEN :retry THEN NULL ELSE host END "
+            f"WHERE {self._MINE}",
+            {
+                "status": "pending" if retry else outcome.status,
+                "ended": None if retry else now,
+                "ret": outcome.return_json,
+                "error": outcome.error,
+                "failure": outcome.failure,
+                "next_try": now + (outcome.retry_after or 0.0) if retry else None,
+                "retry": retry,
+                "dir": outcome.output_dir,
+                "id": job.id,
+                "worker": worker,
+                "attempt": job.attempts,
+            },
         ).rowcount
         if changed == 1:
-            self._end_attempt(conn, job_id, worker, outcome.status, outcome.error)
-        if changed == 1 and outcome.result_blob is not None:
+            self._end_attempt(conn, job.id, worker, outcome.status, outcome.error, outcome.failure)
+            if outcome.output_dir:
+                _resign_job(conn, job.id)
+        if changed == 1 and outcome.result_signature is not None:
             conn.execute(
-                "INSERT OR REPLACE INTO results (job_id, payload, signature) VALUES (?, ?, ?)",
-                (job_id, outcome.result_blob, outcome.result_signature),
+                "INSERT OR REPLACE INTO results (job_id, payload, signature, path) "
+                "VALUES (?, ?, ?, ?)",
+                (job.id, outcome.result_blob, outcome.result_signature, outcome.result_path),
             )
         return changed == 1
 
-    def finish(self, job_id: int, worker: str, outcome: Outcome) -> bool:
+    def finish(self, job: Job, worker: str, outcome: Outcome) -> bool:
         """Record how a run ended; False when this worker no longer owns the job."""
-        return self.write(lambda conn: self._finish(conn, job_id, worker, outcome))
+        return self.write(lambda conn: self._finish(conn, job, worker, outcome))
 
-    def requeue(self, job_id: int, worker: str, count_attempt: bool = False) -> bool:
-        """Put a running job back to pending (a preempted job does not count an attempt)."""
+    def requeue(
+        self, job: Job, worker: str, count_attempt: bool = False, failure: str = "preempted"
+    ) -> bool:
+        """Put a running job back to pending (a preempted job does not count an attempt).
+        A job being cancelled becomes cancelled instead: its stop is confirmed."""
 
         def requeue(conn: sqlite3.Connection) -> bool:
-            changed = conn.execute(
-                "UPDATE jobs SET status = 'pending', worker = NULL, host = NULL, "
-                "started = NULL, lease_expires = NULL, attempts = attempts - ? "
-                "WHERE id = ? AND status = 'running' AND worker = ?",
-                (0 if count_attempt else 1, job_id, worker),
-            ).rowcount
-            if changed == 1:
-                self._end_attempt(conn, job_id, worker, "requeued")
-            return changed == 1
+            mine = {"id": job.id, "worker": worker, "attempt": job.attempts}
+            row = conn.execute(
+                "UPDATE jobs SET status = CASE status WHEN 'cancelling' THEN 'cancelled' "
+                "ELSE 'pending' END, ended = CASE status WHEN 'cancelling' THEN :now END, "
+                "worker = CASE status WHEN 'cancelling' THEN worker END, "
+                "host = CASE status WHEN 'cancelling' THEN host END, "
+                "started = CASE status WHEN 'cancelling' THEN started END, "
+                "lease_expires = NULL, attempts = attempts - :uncount "
+                f"WHERE {self._MINE} RETURNING status",
+                dict(mine, now=time.time(), uncount=0 if count_attempt else 1),
+            ).fetchone()
+            if row is not None:
+                requeued = row[0] == "pending"
+                outcome = "requeued" if requeued else row[0]
+                self._end_attempt(
+                    conn, job.id, worker, outcome, None, failure if requeued else None
+                )
+            return row is not None and row[0] == "pending"
 
         return self.write(requeue)
+
+    def confirm_stopped(self, job: Job, worker: str) -> bool:
+        """The worker's word that a job being cancelled has no process left: now cancelled."""
+
+        def confirm(conn: sqlite3.Connection) -> bool:
+            mine = {"id": job.id, "worker": worker, "attempt": job.attempts, "now": time.time()}
+            changed = conn.execute(
+                "UPDATE jobs SET status = 'cancelled', ended = :now, lease_expires = NULL "
+                f"WHERE {self._MINE} AND status = 'cancelling'",
+                mine,
+            ).rowcount
+            if changed == 1:
+                self._end_attempt(conn, job.id, worker, "cancelled")
+            return changed == 1
+
+        return self.write(confirm)
 
     # -- the worker registry ------------------------------------------------------
     def register_worker(self, info: dict) -> None:
@@ -724,6 +979,42 @@ class JobDB(SQLiteStore):
             )
         )
 
+    def host_record(self, host: str, since: float) -> dict[str, int]:
+        """Attempts that ended since ``since``: this host's failed or lost ones and completed
+        ones, and the completed ones of every other host (the host breaker weighs them)."""
+        rows = self.rows(
+            "SELECT host = ? AS here, outcome, count(*) AS n FROM attempts "
+            "WHERE ended >= ? AND outcome IN ('completed', 'failed', 'lost') "
+            "GROUP BY here, outcome",
+            (host, since),
+        )
+        out = {"failed": 0, "completed": 0, "others_completed": 0}
+        for r in rows:
+            if r["here"] and r["outcome"] in ("failed", "lost"):
+                out["failed"] += r["n"]
+            elif r["here"]:
+                out["completed"] += r["n"]
+            elif r["outcome"] == "completed":
+                out["others_completed"] += r["n"]
+        return out
+
+    def stop_claiming(self, worker: str, why: str) -> None:
+        """This worker's host stopped claiming (the host breaker): say so in the registry."""
+        self.write(
+            lambda conn: conn.execute(
+                "UPDATE workers SET state = 'stopped', detail = ?, heartbeat = ? WHERE id = ?",
+                (why, time.time(), worker),
+            )
+        )
+
+    def stopped_hosts(self, since: float) -> list[dict]:
+        """Hosts whose workers stopped claiming since ``since``, and why (newest first)."""
+        return self.rows(
+            "SELECT host, detail, max(heartbeat) AS at FROM workers "
+            "WHERE state = 'stopped' AND heartbeat >= ? GROUP BY host ORDER BY at DESC",
+            (since,),
+        )
+
     def live_workers(self, max_age_s: float, experiment: Optional[str] = None) -> list[dict]:
         """Workers that are not exited and have beaten within ``max_age_s`` seconds."""
         sql = "SELECT * FROM workers WHERE state != 'exited' AND heartbeat > ?"
@@ -733,9 +1024,17 @@ class JobDB(SQLiteStore):
             params.append(experiment)
         return self.rows(sql + " ORDER BY started", params)
 
+    def count_failures(self, job_id: int, failure: str) -> int:
+        """How many of the job's attempts failed with this class (for its retry policy)."""
+        rows = self.rows(
+            "SELECT count(*) AS n FROM attempts WHERE job_id = ? AND failure = ?",
+            (job_id, failure),
+        )
+        return rows[0]["n"]
+
     def attempts(self, job_id: int) -> list[dict]:
         return self.rows(
-            "SELECT attempt, worker, host, started, ended, outcome, detail FROM attempts "
+            "SELECT attempt, worker, host, started, ended, outcome, failure, detail FROM attempts "
             "WHERE job_id = ? ORDER BY id",
             (job_id,),
         )
@@ -753,7 +1052,7 @@ class JobDB(SQLiteStore):
         """The rows of ``job_ids`` with their stored result objects, keyed by id."""
         rows = self.rows(
             "SELECT j.id, j.status, j.overrides, j.output_dir, j.return_value, j.error, "
-            "r.payload AS result_blob, r.signature AS result_signature "
+            "r.payload AS result_blob, r.signature AS result_signature, r.path AS result_path "
             "FROM jobs j LEFT JOIN results r ON r.job_id = j.id "
             "WHERE j.id IN (SELECT value FROM json_each(?))",
             (json.dumps(list(job_ids)),),
@@ -776,9 +1075,14 @@ class JobDB(SQLiteStore):
         ids: Optional[Sequence[int]] = None,
         tags: Optional[Sequence[str]] = None,
         sweep_ids: Optional[Sequence[int]] = None,
+        failures: Optional[Sequence[str]] = None,
     ) -> list[dict]:
-        """Jobs matching every filter given; ``tags``: jobs that carry all of them."""
+        """Jobs matching every filter given; ``tags``: jobs that carry all of them;
+        ``failures``: jobs whose last failure was of one of these classes."""
         clauses, params = [], []
+        if failures:
+            clauses.append("failure IN (SELECT value FROM json_each(?))")
+            params.append(json.dumps(list(failures)))
         if ids is not None:
             clauses.append("id IN (SELECT value FROM json_each(?))")
             params.append(json.dumps([int(i) for i in ids]))
@@ -800,8 +1104,8 @@ class JobDB(SQLiteStore):
         tail = f" LIMIT {int(limit)}" if limit else ""
         rows = self.rows(
             "SELECT id, experiment, sweep_id, job_num, status, priority, tags, overrides, "
-            "attempts, worker, host, created, started, ended, output_dir, return_value, error "
-            f"FROM jobs {where} ORDER BY id{tail}",
+            "attempts, worker, host, created, started, ended, output_dir, return_value, error, "
+            f"failure FROM jobs {where} ORDER BY id{tail}",
             params,
         )
         for r in rows:
@@ -828,12 +1132,12 @@ class JobDB(SQLiteStore):
     def cancel(self, ids: Sequence[int], strict: bool = True) -> dict[str, list[int]]:
         """Cancel pending and running jobs in one transaction.
 
-        A pending job simply becomes cancelled.  A running job is marked
-        cancelled here, and its worker stops the job's process at its next
-        heartbeat, ending the attempt with outcome ``cancelled`` (see
-        ``last_attempts``).  A running job whose worker is gone (lease expired)
-        has its attempt ended here, since no worker will.  With ``strict``, a
-        job that is neither pending nor running is an error and nothing changes.
+        A pending job simply becomes cancelled.  A running job becomes
+        ``cancelling``: its worker stops the job's process group at its next
+        heartbeat and, once the process is gone, marks it ``cancelled`` and ends
+        the attempt (see ``last_attempts``).  If that worker is gone, the next
+        reaper does it once the lease has run out.  With ``strict``, a job that
+        is neither pending nor running is an error and nothing changes.
         """
 
         def cancel(conn: sqlite3.Connection) -> dict[str, list[int]]:
@@ -841,28 +1145,24 @@ class JobDB(SQLiteStore):
             if strict:
                 for job_id in ids:
                     status = found[job_id][1]
-                    if status not in ("pending", "running"):
+                    if status not in ("pending", "running", "cancelling"):
                         raise BadInput(
                             f"job {job_id} is {status}; only pending or running jobs "
                             "can be cancelled"
                         )
             now = time.time()
             done: dict[str, list[int]] = {"pending": [], "running": []}
-            for job_id, status, worker, lease_expires, _ in found.values():
-                if status not in ("pending", "running"):
+            for job_id, status, *_ in found.values():
+                if status == "pending":
+                    sql = "UPDATE jobs SET status = 'cancelled', ended = ? WHERE id = ? AND status = ?"
+                    params: tuple = (now, job_id, status)
+                elif status in ("running", "cancelling"):
+                    sql = "UPDATE jobs SET status = 'cancelling' WHERE id = ? AND status = ?"
+                    params = (job_id, status)
+                else:
                     continue
-                changed = conn.execute(
-                    "UPDATE jobs SET status = 'cancelled', ended = ?, lease_expires = NULL "
-                    "WHERE id = ? AND status = ?",
-                    (now, job_id, status),
-                ).rowcount
-                if not changed:
-                    continue
-                done[status].append(job_id)
-                if status == "running" and (lease_expires or 0) < now:
-                    self._end_attempt(
-                        conn, job_id, worker, "cancelled", "cancelled after its worker was gone"
-                    )
+                if conn.execute(sql, params).rowcount:
+                    done["pending" if status == "pending" else "running"].append(job_id)
             return done
 
         return self.write(cancel)
@@ -884,6 +1184,12 @@ class JobDB(SQLiteStore):
                     status = found[job_id][1]
                     if status == "running":
                         raise BadInput(f"job {job_id} is running; cancel it first, then retry it")
+                    if status == "cancelling":
+                        raise BadInput(
+                            f"job {job_id} is still being cancelled: its worker has not "
+                            "confirmed that its process is gone; retry it once it is cancelled "
+                            f"(dr_exp cancel {job_id} waits for that)"
+                        )
                     if status not in ("failed", "cancelled"):
                         raise BadInput(
                             f"job {job_id} is {status}; only failed or cancelled jobs "
@@ -942,21 +1248,329 @@ class JobDB(SQLiteStore):
         if not rows:
             return None
         extra = self.rows(
-            "SELECT j.identity, j.max_attempts, j.run_sweep_id, s.app, s.kind, s.cwd, "
-            "s.sweep_dir, s.spec FROM jobs j JOIN sweeps s ON s.id = j.sweep_id WHERE j.id = ?",
+            "SELECT j.identity, j.max_attempts, j.run_sweep_id, j.failure, s.app, s.kind, s.cwd, "
+            "s.sweep_dir, s.spec, s.settings FROM jobs j "
+            "JOIN sweeps s ON s.id = j.sweep_id WHERE j.id = ?",
             (job_id,),
         )
         job = rows[0]
         if extra:
             job.update(extra[0])
             job["spec"] = json.loads(job["spec"]) if job["spec"] else None
+            job["settings"] = json.loads(job["settings"]) if job["settings"] else {}
         return job
+
+    def sweeps_named(self, value: str) -> list[int]:
+        """A sweep named by its id or by its folder (as Hydra printed it); BadInput if none."""
+        sweeps = self.sweeps()
+        if value.strip().isdigit():
+            if not any(s["id"] == int(value) for s in sweeps):
+                raise BadInput(f"no sweep with id {value}")
+            return [int(value)]
+        wanted = Path(value).expanduser().resolve()
+        found = [
+            s["id"]
+            for s in sweeps
+            if s["sweep_dir"] and Path(s["cwd"], s["sweep_dir"]).resolve() == wanted
+        ]
+        if not found:
+            raise BadInput(f"no sweep with folder {value}")
+        return found
 
     def sweeps(self) -> list[dict]:
         """Every sweep's id, experiment, app, kind and folder (small: one row per sweep)."""
         return self.rows(
             "SELECT id, experiment, app, kind, cwd, sweep_dir, created FROM sweeps ORDER BY id"
         )
+
+    # -- views for the dashboard and the report ---
+    # Read-only queries for ``dr_exp ui`` (dr_exp/ui/): none of them writes.
+    VIEW_SORTS = (
+        "id",
+        "experiment",
+        "status",
+        "priority",
+        "attempts",
+        "created",
+        "started",
+        "ended",
+    )
+
+    def sweep_counts(self, experiment: Optional[str] = None) -> list[dict]:
+        """Jobs per sweep and status: the progress of each sweep on the overview page."""
+        return self.rows(
+            "SELECT sweep_id, status, count(*) AS n FROM jobs "
+            "WHERE :experiment IS NULL OR experiment = :experiment GROUP BY sweep_id, status",
+            {"experiment": experiment},
+        )
+
+    def jobs_page(
+        self,
+        *,
+        statuses: Optional[Sequence[str]] = None,
+        experiment: Optional[str] = None,
+        tags: Sequence[str] = (),
+        sweep_ids: Optional[Sequence[int]] = None,
+        error: Optional[str] = None,
+        failures: Optional[Sequence[str]] = None,
+        sort: str = "id",
+        descending: bool = False,
+        limit: int = 50,
+        offset: int = 0,
+    ) -> tuple[list[dict], int]:
+        """One page of the jobs that match every filter, and how many match in all.
+
+        ``error`` matches the failure summary, case-insensitively; ``failures`` are
+        classes of the last failure (oom, timeout, ...).  The page is
+        chosen on ids alone (LIMIT/OFFSET over a narrow sort), then only its rows
+        are read, so a page stays cheap at 100,000 jobs.
+        """
+        if sort not in self.VIEW_SORTS:
+            raise BadInput(
+                f"cannot sort jobs by {sort!r}; choose from {', '.join(self.VIEW_SORTS)}"
+            )
+        for status in statuses or ():
+            validate_status(status)
+        filters = {
+            "experiment = :experiment": ("experiment", experiment or None),
+            "status IN (SELECT value FROM json_each(:statuses))": (
+                "statuses",
+                json.dumps(list(statuses)) if statuses else None,
+            ),
+            "sweep_id IN (SELECT value FROM json_each(:sweeps))": (
+                "sweeps",
+                None if sweep_ids is None else json.dumps([int(i) for i in sweep_ids]),
+            ),
+            "instr(lower(error), lower(:error)) > 0": ("error", error or None),
+            "failure IN (SELECT value FROM json_each(:failures))": (
+                "failures",
+                json.dumps(list(failures)) if failures else None,
+            ),
+        }
+        params: dict[str, Any] = {"limit": int(limit), "offset": int(offset)}
+        clauses = []
+        for clause, (name, value) in filters.items():
+            if value is not None:
+                clauses.append(clause)
+                params[name] = value
+        for n, tag in enumerate(tags):  # instr() first: json_each only for likely rows
+            clauses.append(
+                f"instr(tags, json_quote(:tag{n})) > 0 AND "
+                f"EXISTS (SELECT 1 FROM json_each(jobs.tags) WHERE value = :tag{n})"
+            )
+            params[f"tag{n}"] = tag
+        where = ("WHERE " + " AND ".join(clauses)) if clauses else ""
+        way = "DESC" if descending else "ASC"
+        order = f"id {way}" if sort == "id" else f"{sort} {way}, id {way}"
+        rows = self.rows(
+            "SELECT id, experiment, sweep_id, job_num, status, priority, tags, overrides, "
+            "attempts, worker, host, created, started, ended, output_dir, return_value, error, "
+            f"failure FROM jobs WHERE id IN (SELECT id FROM jobs {where} ORDER BY {order} "
+            f"LIMIT :limit OFFSET :offset) ORDER BY {order}",
+            params,
+        )
+        total = self.rows(f"SELECT count(*) AS n FROM jobs {where}", params)[0]["n"]
+        for r in rows:
+            r["tags"] = json.loads(r["tags"] or "[]")
+            r["overrides"] = json.loads(r["overrides"] or "[]")
+            r["return_value"] = json.loads(r["return_value"]) if r["return_value"] else None
+        return rows, total
+
+    def attempts_timeline(
+        self,
+        experiment: Optional[str] = None,
+        sweep_ids: Optional[Sequence[int]] = None,
+        limit: int = 2000,
+    ) -> list[dict]:
+        """The latest ``limit`` attempts (who ran which job, where and when), newest first,
+        with their job's experiment, sweep, overrides and status."""
+        return self.rows(
+            "SELECT a.job_id, a.attempt, a.worker, a.host, a.started, a.ended, a.outcome, "
+            "a.detail, j.experiment, j.sweep_id, j.overrides, j.status "
+            "FROM attempts a JOIN jobs j ON j.id = a.job_id "
+            "WHERE (:experiment IS NULL OR j.experiment = :experiment) AND (:sweeps IS NULL "
+            "OR j.sweep_id IN (SELECT value FROM json_each(:sweeps))) "
+            "ORDER BY a.id DESC LIMIT :limit",
+            {
+                "experiment": experiment,
+                "sweeps": None if sweep_ids is None else json.dumps([int(i) for i in sweep_ids]),
+                "limit": int(limit),
+            },
+        )
+
+    def workers_by_id(self, ids: Sequence[str]) -> dict[str, dict]:
+        """Workers by id, exited ones too, with their host, GPU and last telemetry."""
+        rows = self.rows(
+            "SELECT id, host, gpu, state, started, heartbeat, job_id, gpu_util, gpu_mem_used_mb, "
+            "gpu_mem_total_mb, slurm_job_id FROM workers "
+            "WHERE id IN (SELECT value FROM json_each(?))",
+            (json.dumps(list(ids)),),
+        )
+        return {r["id"]: r for r in rows}
+
+    # -- sweep ends and notices ---
+    # For dr_exp.notify (a notice and the on_sweep_end hook once a sweep ends) and the live
+    # view of ``dr_exp status --watch``.  A job that a re-run took over (run_sweep_id)
+    # belongs to the re-run.  A notice is claimed under a wall-clock lease: whoever holds it
+    # sends it; once the lease runs out, any process may take it over.
+    _IN_SWEEP = "((sweep_id = :sweep AND run_sweep_id IS NULL) OR run_sweep_id = :sweep)"
+    _NOTICE_DUE = "state IN ('pending', 'sending') AND next_try <= :now AND attempts < max_attempts"
+    _NOTICE_FREE = f"{_NOTICE_DUE} AND (claimed_by IS NULL OR lease_until < :now)"
+
+    def sweeps_to_notify(self, sweep_ids: Optional[Sequence[int]] = None) -> list[dict]:
+        """The sweeps (of ``sweep_ids``, else all) whose settings ask for a notice or an
+        on_sweep_end hook and whose end has no notice yet: their id and settings."""
+        where = "s.id IN (SELECT value FROM json_each(:ids))" if sweep_ids is not None else "1"
+        rows = self.rows(
+            f"SELECT s.id, s.settings FROM sweeps s WHERE {where} "
+            "AND (json_extract(s.settings, '$.notify') IS NOT NULL "
+            "OR json_extract(s.settings, '$.on_sweep_end') IS NOT NULL) "
+            "AND NOT EXISTS (SELECT 1 FROM notices n WHERE n.sweep_id = s.id "
+            "AND n.kind IN ('end', 'hook')) ORDER BY s.id",
+            {"ids": json.dumps([int(i) for i in sweep_ids or ()])},
+        )
+        for r in rows:
+            r["settings"] = json.loads(r["settings"] or "{}")
+        return rows
+
+    def sweep_progress(self, sweep_id: int) -> dict:
+        """A sweep's jobs by status, when the first was created and started, the last ended."""
+        rows = self.rows(
+            "SELECT status, count(*) AS n, min(created) AS created, min(started) AS started, "
+            f"max(ended) AS ended FROM jobs WHERE {self._IN_SWEEP} GROUP BY status",
+            {"sweep": int(sweep_id)},
+        )
+
+        def first(key: str, pick: Callable[..., Any]) -> Optional[float]:
+            values = [r[key] for r in rows if r[key] is not None]
+            return pick(values) if values else None
+
+        return {
+            "counts": {r["status"]: r["n"] for r in rows},
+            "created": first("created", min),
+            "started": first("started", min),
+            "ended": first("ended", max),
+        }
+
+    def sweeps_of_jobs(self, job_ids: Sequence[int]) -> list[int]:
+        """The sweeps that ``job_ids`` belong to (for notices after a reap or a cancel)."""
+        rows = self.rows(
+            "SELECT DISTINCT coalesce(run_sweep_id, sweep_id) AS sweep FROM jobs "
+            "WHERE id IN (SELECT value FROM json_each(?))",
+            (json.dumps([int(i) for i in job_ids]),),
+        )
+        return [r["sweep"] for r in rows]
+
+    def sweep_job_ids(self, sweep_id: int) -> list[int]:
+        rows = self.rows(
+            f"SELECT id FROM jobs WHERE {self._IN_SWEEP} ORDER BY id", {"sweep": int(sweep_id)}
+        )
+        return [r["id"] for r in rows]
+
+    def add_notices(self, sweep_id: int, kinds: dict[str, int]) -> list[str]:
+        """Create a sweep's notices (kind -> attempts it may take), each once whoever else
+        tries too; returns the kinds this call created."""
+        now = time.time()
+
+        def add(conn: sqlite3.Connection) -> list[str]:
+            made = []
+            for kind, max_attempts in kinds.items():
+                if conn.execute(
+                    "INSERT OR IGNORE INTO notices (sweep_id, kind, state, attempts, "
+                    "max_attempts, created, next_try) VALUES (?, ?, 'pending', 0, ?, ?, ?)",
+                    (int(sweep_id), kind, int(max_attempts), now, now),
+                ).rowcount:
+                    made.append(kind)
+            return made
+
+        return self.write(add)
+
+    def notices_due(self) -> bool:
+        """Is a notice due that no live claim holds?  A plain read: no write lock."""
+        sql = f"SELECT 1 FROM notices WHERE {self._NOTICE_FREE} LIMIT 1"
+        return bool(self.rows(sql, {"now": time.time()}))
+
+    def reserve_notices(self, owner: str, lease_s: float) -> list[int]:
+        """Claim for ``owner`` every due notice that no live claim holds (one UPDATE: each
+        row has one winner); returns the ids claimed."""
+        now = time.time()
+        sql = (
+            "UPDATE notices SET claimed_by = :owner, lease_until = :until "
+            f"WHERE {self._NOTICE_FREE} RETURNING id"
+        )
+        params = {"owner": owner, "until": now + lease_s, "now": now}
+        return self.write(lambda conn: [r[0] for r in conn.execute(sql, params).fetchall()])
+
+    def start_notice(self, owner: str, lease_s: float) -> Optional[dict]:
+        """Take one due notice to send now (unclaimed, ``owner``'s, or its claim run out):
+        it becomes ``sending``, and the attempt counts."""
+        now = time.time()
+        rows = self.write(
+            lambda conn: conn.execute(
+                "UPDATE notices SET state = 'sending', attempts = attempts + 1, "
+                "claimed_by = :owner, lease_until = :until WHERE id = (SELECT id FROM notices "
+                f"WHERE {self._NOTICE_DUE} AND (claimed_by IS NULL OR claimed_by = :owner "
+                "OR lease_until < :now) ORDER BY next_try, id LIMIT 1) "
+                "RETURNING id, sweep_id, kind, attempts, max_attempts",
+                {"owner": owner, "until": now + lease_s, "now": now},
+            ).fetchall()
+        )
+        keys = ("id", "sweep_id", "kind", "attempts", "max_attempts")
+        return dict(zip(keys, rows[0])) if rows else None
+
+    def end_notice(
+        self, nid: int, owner: str, error: Optional[str], due: Optional[float], keep_s: float = 0.0
+    ) -> bool:
+        """Record one try of notice ``nid``: sent (no ``error``), given up (no ``due``), or
+        due again at ``due``; with ``keep_s``, ``owner`` keeps its claim until that long
+        after, so that nobody else takes the retry while it waits.  False if it lost it."""
+        state = "sent" if error is None else "failed" if due is None else "pending"
+        sql = (
+            "UPDATE notices SET state = :state, last_error = coalesce(:error, last_error), "
+            "next_try = coalesce(:due, next_try), "
+            "sent = CASE WHEN :state = 'sent' THEN :now END, "
+            "claimed_by = CASE WHEN :keep THEN claimed_by END, "
+            "lease_until = CASE WHEN :keep THEN :due + :keep_s END "
+            "WHERE id = :id AND claimed_by = :owner"
+        )
+        params = {
+            "state": state,
+            "error": error,
+            "due": due,
+            "now": time.time(),
+            "keep": keep_s > 0 and state == "pending",
+            "keep_s": keep_s,
+            "id": int(nid),
+            "owner": owner,
+        }
+        return self.write(lambda conn: conn.execute(sql, params).rowcount == 1)
+
+    def notice_wait(self, owner: str) -> Optional[float]:
+        """When the next retry of a notice that ``owner`` holds is due; None: it holds none."""
+        rows = self.rows(
+            "SELECT min(next_try) AS t FROM notices WHERE claimed_by = ? AND state = 'pending'",
+            (owner,),
+        )
+        return rows[0]["t"]
+
+    def notices(self) -> list[dict]:
+        """Every notice, with its sweep's experiment and folder (``dr_exp notify status``)."""
+        return self.rows(
+            "SELECT n.id, n.sweep_id, s.experiment, s.cwd, s.sweep_dir, n.kind, n.state, "
+            "n.attempts, n.max_attempts, n.created, n.next_try, n.sent, n.last_error, "
+            "n.claimed_by, n.lease_until FROM notices n JOIN sweeps s ON s.id = n.sweep_id "
+            "ORDER BY n.id"
+        )
+
+    def finished_since(self, since: float, experiment: Optional[str] = None) -> dict:
+        """Jobs that completed or failed since ``since``, and when the first of them started:
+        the recent rate of ``dr_exp status --watch``."""
+        return self.rows(
+            "SELECT count(*) AS n, min(started) AS first_started FROM jobs "
+            "WHERE status IN ('completed', 'failed') AND ended >= :since "
+            "AND (:experiment IS NULL OR experiment = :experiment)",
+            {"since": since, "experiment": experiment},
+        )[0]
 
 
 def _insert(conn: sqlite3.Connection, table: str, rows: list[dict], replace: bool = False) -> int:

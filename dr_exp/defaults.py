@@ -10,7 +10,8 @@ from __future__ import annotations
 PRIORITY = 500
 PRIORITY_MIN, PRIORITY_MAX = 0, 1000
 MAX_ATTEMPTS = 3  # attempts a job gets when its worker vanishes (lease expired)
-STATUSES = ("pending", "running", "completed", "failed", "cancelled")
+# cancelling: a running job that was cancelled, until its worker confirms the process is gone
+STATUSES = ("pending", "running", "cancelling", "completed", "failed", "cancelled")
 FINAL_STATUSES = ("completed", "failed", "cancelled")
 
 # -- leases and heartbeats (job claims and sync uploads alike) -------------------------

@@ -16,11 +16,14 @@ import traceback
 from dataclasses import dataclass
 from typing import Any, Callable, Optional
 
-from dr_exp import jobfiles, payload
+import cloudpickle
+
+from dr_exp import jobfiles
 from dr_exp.context import JobContext, SweepUnavailable
 from dr_exp.db import Job, SweepRow
 from dr_exp.jobfiles import write_error_file
 from dr_exp.returns import JobError, error_summary, to_json
+from dr_exp.sync.callback import sync_settings
 
 
 @dataclass
@@ -34,53 +37,53 @@ class SweepPayload:
 
 
 class HydraSweep(JobContext):
-    """A stored Hydra sweep, verified and unpickled, with where and how it was submitted."""
+    """A stored Hydra sweep whose signature verified, with where and how it was submitted.
 
-    def __init__(self, sweep_id: int, cwd: str, want_returns: bool, sweep: SweepPayload) -> None:
-        self.sweep_id = sweep_id
-        self.cwd = cwd
-        self.want_returns = want_returns
-        self.sweep = sweep
+    The worker never unpickles it: each job's process does, after the fork, so that
+    it imports the project's modules as they are on disk when the job starts (as
+    under hydra-submitit-launcher), and no sweep's modules linger in the worker for
+    the next sweep.
+    """
+
+    def __init__(self, row: SweepRow) -> None:
+        self.sweep_id = row.id
+        self.cwd = row.cwd
+        self.want_returns = row.want_returns
+        self.settings = row.settings
+        self.row = row
 
     @classmethod
     def from_sweep(cls, row: SweepRow) -> HydraSweep:
-        """Verify the row's signature, then unpickle (with the submitter's sys.path first)."""
-        for entry in reversed(row.sys_path):
-            if entry not in sys.path:
-                sys.path.insert(0, entry)
-        try:
-            _scan_hydra_plugins()  # before unpickling: a scan re-runs the plugin modules
-            loaded = payload.loads(row.payload, row.signature, what=f"sweep {row.id} payload")
-        except payload.SignatureMismatch as e:
-            raise SweepUnavailable(str(e)) from None
-        except Exception as e:
-            raise SweepUnavailable(
-                f"cannot load sweep {row.id}'s task: {type(e).__name__}: {e}"
-            ) from None
-        if not isinstance(loaded, SweepPayload):
-            raise SweepUnavailable(f"sweep {row.id}'s payload is not a dr_exp sweep")
-        return cls(row.id, row.cwd, row.want_returns, loaded)
-
-    @property
-    def callbacks(self) -> list[Any]:
-        callbacks = getattr(self.sweep.hydra_context, "callbacks", None)
-        return list(getattr(callbacks, "callbacks", None) or [])
+        """Nothing is imported or unpickled here (the row's signature is already checked)."""
+        return cls(row)
 
     def activate(self) -> None:
-        """Hydra's global state (ConfigStore, resolvers), set once and inherited by each fork.
+        """In the worker: Hydra's plugins, scanned once for every fork to inherit."""
+        _scan_hydra_plugins()
+
+    def _load(self) -> SweepPayload:
+        """In the job's process: unpickle (the submitter's sys.path first) and set Hydra's
+        global state (ConfigStore, resolvers).
 
         ``Singleton.set_state`` re-creates the Plugins singleton unless the state holds
         one, which would scan the plugins again (see _scan_hydra_plugins): hand it the
-        instance that was scanned before the payload was unpickled.
+        instance the worker scanned before the fork.
         """
         from hydra.core.plugins import Plugins
         from hydra.core.singleton import Singleton
         from hydra.core.utils import setup_globals
 
+        for entry in reversed(self.row.sys_path):
+            if entry not in sys.path:
+                sys.path.insert(0, entry)
+        plugins = Plugins.instance()
+        sweep = cloudpickle.loads(self.row.payload)  # its row's signature covers its digest
+        if not isinstance(sweep, SweepPayload):
+            raise SweepUnavailable(f"sweep {self.sweep_id}'s payload is not a dr_exp sweep")
         setup_globals()
-        state = self.sweep.singleton_state
-        instances = {**state["instances"], Plugins: Plugins.instance()}
-        Singleton.set_state({**state, "instances": instances})
+        instances = {**sweep.singleton_state["instances"], Plugins: plugins}
+        Singleton.set_state({**sweep.singleton_state, "instances": instances})
+        return sweep
 
     def run(self, job: Job, report: Callable[[dict], None]) -> dict:
         """Compose the job's config, call Hydra's ``run_job`` and describe the result."""
@@ -88,10 +91,12 @@ class HydraSweep(JobContext):
         from hydra.core.utils import JobStatus, run_job
         from omegaconf import OmegaConf, open_dict
 
-        sweep = self.sweep
         output_dir: Optional[str] = None
         try:
-            os.chdir(self.cwd)  # hydra.runtime.cwd and relative paths are the submitting shell's
+            os.chdir(self.cwd)  # before unpickling: the submitter's relative sys.path entries
+            sweep = self._load()
+            callbacks = getattr(sweep.hydra_context.callbacks, "callbacks", None) or []
+            report({"sync": sync_settings(callbacks)})  # for a job that dies before on_job_end
             sweep_config = sweep.hydra_context.config_loader.load_sweep_config(
                 sweep.config, list(job.overrides)
             )

@@ -38,6 +38,14 @@ def write_json(path: Path, data: Any) -> None:
     os.replace(tmp, path)
 
 
+def write_bytes(path: str, data: bytes) -> None:
+    """Write atomically (a temporary name, then a rename)."""
+    tmp = f"{path}.{os.getpid()}.tmp"
+    with open(tmp, "wb") as f:
+        f.write(data)
+    os.replace(tmp, path)
+
+
 def job_started(output_dir: str, job: Any, worker_id: Optional[str] = None) -> None:
     """In the job process, before the job runs: set the environment, write ``job.json``.
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Callable
 
+from dr_exp import signing
 from dr_exp.context import JobContext, SweepUnavailable
 
 if TYPE_CHECKING:
@@ -11,7 +12,15 @@ if TYPE_CHECKING:
 
 
 def load_context(sweep: SweepRow) -> JobContext:
-    """The context of a stored sweep; SweepUnavailable when its jobs cannot run."""
+    """The context of a stored sweep; SweepUnavailable when its jobs cannot run.
+
+    The row's signature is checked first, before anything of it is imported,
+    unpickled, composed or put on sys.path.
+    """
+    try:
+        signing.verify_fields("sweep", sweep.signed, sweep.signature, f"sweep {sweep.id}")
+    except signing.NotSigned as e:
+        raise SweepUnavailable(str(e)) from None
     loader = KINDS.get(sweep.kind)
     if loader is None:
         raise SweepUnavailable(f"sweep {sweep.id} has an unknown kind {sweep.kind!r}")

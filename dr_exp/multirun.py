@@ -19,11 +19,13 @@ from typing import Any, Mapping, Optional, Sequence, Union
 
 from hydra.errors import CompactHydraException
 
-from dr_exp import config, jobfiles, paths, payload
+from dr_exp import config, jobfiles, notify, paths, payload, snapshot
 from dr_exp.config import Backend, DrExpLauncherConf
 from dr_exp.db import FINAL_STATUSES, Enqueued, JobDB, validate_priority
+from dr_exp.errors import UserError
 from dr_exp.hydra_sweep import SweepPayload
 from dr_exp.local import LocalWorkers, default_worker_count, log_tail
+from dr_exp.progress import Progress
 from dr_exp.sync.callback import attach_callback
 from dr_exp.sync.callback import validate_settings as validate_sync_settings
 from dr_exp.utils import import_function
@@ -197,26 +199,44 @@ class Multirun:
         return out
 
     def _store_sweep(self, db: JobDB) -> int:
+        import cloudpickle
         from hydra.core.singleton import Singleton
         from omegaconf import OmegaConf
 
+        sys_path, hydra_context, snap = [p for p in sys.path if p], self.hydra_context, None
+        if self.settings.snapshot_code:  # jobs import the project from a copy made now
+            sweep_dir = str(self.config.hydra.sweep.dir)
+            try:
+                snap = snapshot.take(os.getcwd(), sweep_dir, self.settings.snapshot_glob)
+            except UserError as e:
+                raise SettingsError(str(e)) from None
+            sys_path, hydra_context = snapshot.redirect(snap, sys_path, hydra_context)
         ctx = SweepPayload(
-            hydra_context=self.hydra_context,
+            hydra_context=hydra_context,
             task_function=self.task_function,
             config=self.config,
             singleton_state=Singleton.get_state(),
         )
-        data, signature = payload.dumps(ctx)
+
         return db.add_sweep(
             experiment=self.settings.experiment,
             app=str(self.config.hydra.job.name),
             cwd=os.getcwd(),
-            sys_path=[p for p in sys.path if p],
+            sys_path=sys_path,
             sweep_dir=str(self.config.hydra.sweep.dir),
             config_yaml=OmegaConf.to_yaml(self.config),
-            payload=data,
-            signature=signature,
+            payload=cloudpickle.dumps(ctx),  # by value from __main__; the row is signed
             want_returns=self.settings.wait,
+            settings={  # dr_exp.notify reads them back, signed with the row
+                "notify": self.settings.notify,
+                "notify_on_failure": self.settings.notify_on_failure,
+                "notify_metric": self.settings.notify_metric,
+                "notify_mode": self.settings.notify_mode.value,
+                "on_sweep_end": self.settings.on_sweep_end,
+                "retry": dict(self.settings.retry or {}),
+                "retry_backoff_s": self.settings.retry_backoff_s,
+                "snapshot": snap.settings() if snap else None,
+            },
         )
 
     def _submit_slurm(self) -> None:
@@ -260,6 +280,7 @@ class Multirun:
                 counts = db.progress(ids)
                 bar.show(counts)
                 if sum(counts.get(s, 0) for s in FINAL_STATUSES) == len(ids):
+                    notify.after_jobs(db, [self.sweep_id])  # once, whoever sees the end
                     break
                 self._check_workers(db, counts)
                 time.sleep(0.1)
@@ -273,8 +294,11 @@ class Multirun:
         now = time.monotonic()
         if now - self._last_reap > 5:
             self._last_reap = now
-            if db.reap_expired():
+            reaped = db.reap_expired()
+            if reaped:
                 counts = db.progress(self._waiting_ids)
+                notify.after_jobs(db, db.sweeps_of_jobs(reaped))
+            notify.retry_due(db)
         if self.workers is None or counts.get("pending", 0) == 0 or self.workers.alive():
             return
         crashed = self.workers.failed_exits()
@@ -336,11 +360,13 @@ class Multirun:
         for job_id, (_, overrides) in zip(ids, numbered):
             row = rows[job_id]
             ret = None
-            if row["result_blob"] is not None:
+            blob = row["result_blob"]
+            if blob is None and row["result_path"] and os.path.exists(row["result_path"]):
+                with open(row["result_path"], "rb") as f:  # a large result, kept in the folder
+                    blob = f.read()
+            if blob is not None:
                 try:
-                    ret = payload.loads(
-                        row["result_blob"], row["result_signature"], what=f"job {job_id} result"
-                    )
+                    ret = payload.loads(blob, row["result_signature"], what=f"job {job_id} result")
                 except payload.SignatureMismatch as e:
                     row = dict(row, status="failed", error=str(e))
             if ret is None:
@@ -375,49 +401,6 @@ class JobFailed(CompactHydraException):  # Hydra prints these as their message a
                 "see: dr_exp list --status failed"
             )
         return cls("\n".join(lines))
-
-
-class Progress:
-    """One status line on a terminal; a line per change (at most every 5 s) elsewhere."""
-
-    def __init__(self, total: int, stream: Any = None) -> None:
-        self.total = total
-        self.stream = stream or sys.stderr
-        self.tty = self.stream.isatty()
-        self.last_text = ""
-        self.last_time = 0.0
-        self.started = time.monotonic()
-
-    def show(self, counts: dict[str, int]) -> None:
-        done = sum(counts.get(s, 0) for s in FINAL_STATUSES)
-        width = 24
-        filled = int(width * done / max(self.total, 1))
-        text = (
-            f"[{'#' * filled}{'.' * (width - filled)}] {done}/{self.total} done · "
-            f"{counts.get('running', 0)} running · {counts.get('pending', 0)} pending · "
-            f"{counts.get('failed', 0)} failed · {time.monotonic() - self.started:.0f}s"
-        )
-        if self.tty:
-            if text != self.last_text:
-                self.stream.write("\r" + text)
-                self.stream.flush()
-        else:
-            key = text.rsplit(" · ", 1)[0]
-            now = time.monotonic()
-            if key != self.last_text.rsplit(" · ", 1)[0] and (
-                now - self.last_time > 5 or done == self.total
-            ):
-                self.stream.write(f"dr_exp: {text}\n")
-                self.stream.flush()
-                self.last_time = now
-            else:
-                return
-        self.last_text = text
-
-    def close(self) -> None:
-        if self.tty and self.last_text:
-            self.stream.write("\n")
-            self.stream.flush()
 
 
 _ACTION_NOTES = {"requeued": "re-queued", "pending": "skipped: already pending"}

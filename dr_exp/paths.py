@@ -33,6 +33,7 @@ PathLike = Union[str, "os.PathLike[str]"]
 ENV_DB = "DR_EXP_DB"
 ENV_SYNC_QUEUE = "DR_EXP_SYNC_QUEUE"
 ENV_SECRET_KEY_FILE = "DR_EXP_SECRET_KEY_FILE"
+ENV_SHARED_KEY_FILE = "DR_EXP_SHARED_KEY_FILE"  # a key a group shares, opted in to
 ENV_GROUP_SHARED = "DR_EXP_DB_GROUP_SHARED"
 ENV_JOURNAL_MODE = "DR_EXP_JOURNAL_MODE"
 # Set by dr_exp for the processes it starts:
@@ -95,6 +96,28 @@ def secret_key_file() -> Path:
         os.path.expanduser("~"), ".config"
     )
     return Path(config_home) / "dr_exp" / "secret.key"
+
+
+# -- names that become folders -------------------------------------------------------
+EXPERIMENT_MAX = 128  # characters
+
+
+def check_experiment(name: str) -> str:
+    """An experiment names a folder (``outputs/<experiment>`` for trainer jobs): a plain name
+    that stays inside it.  Returns it stripped; BadInput otherwise, before anything is written."""
+    from dr_exp.errors import BadInput
+
+    name = str(name).strip()
+    if not name:
+        raise BadInput("the experiment must be a non-empty name")
+    if len(name) > EXPERIMENT_MAX:
+        raise BadInput(f"the experiment name has {len(name)} characters; at most {EXPERIMENT_MAX}")
+    if any(c in name for c in "/\\\0") or name.startswith("."):
+        raise BadInput(
+            f"the experiment {name!r} must be a plain name (no '/', no leading '.'): "
+            "it names a folder under outputs/"
+        )
+    return name
 
 
 # -- modes ------------------------------------------------------------------------------

@@ -5,6 +5,8 @@
     df = results.load(experiment="train")               # jobs listed by the database
     df = results.load(sweep_dir="multirun/2024-05-01/12-00-00")   # no database at all
     df = results.load(experiment="train", group_by=["optim.lr"])  # mean/std/count over seeds
+    df = results.load(sweep_dir=["multirun/a", "multirun/b"])    # side by side: a `sweep` column
+    top = results.best(df, "val_acc", top=3, mode="max")          # the 3 best of each sweep
 
 One row per job: ``job_id``, ``status``, one column per override (values
 typed: ``optim.lr=0.1`` gives the float 0.1), the job's metrics, and
@@ -22,7 +24,9 @@ database's: pending, cancelled and failed jobs stay visible, and a completed job
 whose folder is gone shows as ``missing``.  With ``sweep_dir``, the jobs the
 sweep queued (its ``dr_exp_jobs.jsonl``) that have no folder show as ``missing``.
 
-pandas is an optional dependency: ``pip install 'dr_exp[results]'``.
+pandas (and pyarrow, for :func:`parquet_bytes`) are optional: ``pip install
+'dr_exp[results]'``.  :func:`rows_for_jobs` needs neither: ``dr_exp.notify``
+finds a sweep's best job with it.
 """
 
 from __future__ import annotations
@@ -33,12 +37,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Optional, Sequence, Union
 
 from dr_exp import jobfiles
+from dr_exp.errors import BadInput
 
 if TYPE_CHECKING:
     import pandas as pd
 
 
-class ResultsError(ValueError):
+class ResultsError(BadInput):
     """Bad input to results (reported as one line)."""
 
 
@@ -171,63 +176,95 @@ def _rows_from_sweep_dir(sweep_dir: Path) -> list[dict]:
     return rows
 
 
-def _rows_from_db(
-    experiment: Optional[str], db: Optional[str], base_path: Optional[str], tags: Sequence[str]
-) -> list:
-    from dr_exp.db import JobDB
-    from dr_exp.paths import job_db as db_path_for
-
-    store = JobDB.open(db_path_for(db, base_path), create=False)
-    try:
-        jobs = store.list_jobs(experiment=experiment, tags=list(tags) or None)
-    finally:
-        store.close()
+def rows_for_jobs(jobs: Sequence[dict]) -> list[dict]:
+    """The rows of database jobs (``JobDB.list_jobs``): what each folder says, with the
+    database's status; a completed job whose folder is gone is ``missing``."""
     rows = []
     for job in jobs:
         folder = Path(job["output_dir"]) if job["output_dir"] else None
+        status = job["status"]
         if folder is not None and folder.is_dir():
             row = read_job_folder(folder)
             row["job_id"] = job["id"]
         else:
             row = {"job_id": job["id"], "overrides": job["overrides"], "metrics": {}}
             row["output_dir"] = job["output_dir"]
-            if job["status"] == "completed":
-                job["status"] = "missing"  # completed, but its folder is gone
-        row["status"] = job["status"]
+            if status == "completed":
+                status = "missing"  # completed, but its folder is gone
+        row["status"] = status
         row["experiment"] = job["experiment"]
         rows.append(row)
     return rows
 
 
+def _rows_from_db(
+    experiment: Optional[str],
+    db: Optional[str],
+    base_path: Optional[str],
+    tags: Sequence[str],
+    sweep_id: Optional[int] = None,
+) -> list:
+    from dr_exp.db import JobDB
+    from dr_exp.paths import job_db as db_path_for
+
+    store = JobDB.open(db_path_for(db, base_path), create=False)
+    try:
+        ids = store.sweep_job_ids(sweep_id) if sweep_id is not None else None
+        jobs = store.list_jobs(experiment=experiment, tags=list(tags) or None, ids=ids)
+    finally:
+        store.close()
+    return rows_for_jobs(jobs)
+
+
+def _by_job_id(rows: list[dict]) -> list[dict]:
+    return sorted(rows, key=lambda r: (r["job_id"] is None, r["job_id"] or 0))
+
+
 def load(
     experiment: Optional[str] = None,
-    sweep_dir: Union[str, Path, None] = None,
+    sweep_dir: Union[str, Path, Sequence[Union[str, Path]], None] = None,
     db: Union[str, Path, None] = None,
     group_by: Union[str, Sequence[str], None] = None,
     base_path: Union[str, Path, None] = None,
     tags: Sequence[str] = (),
+    sweep_id: Optional[int] = None,
 ) -> pd.DataFrame:
     """One row per job (or, with ``group_by``, per group: mean, std and count of each metric).
 
-    ``sweep_dir`` reads only that folder; otherwise the database (``db``, or
-    ``<base_path>/.dr_exp/jobs.db``, or the default) lists the jobs of
-    ``experiment`` (all experiments when None; only those with every tag in
-    ``tags``), and their folders give the rest.
+    ``sweep_dir`` reads only that folder; several folders give one table whose
+    first column, ``sweep``, names each row's folder (to compare sweeps side by
+    side).  Otherwise the database (``db``, or ``<base_path>/.dr_exp/jobs.db``,
+    or the default) lists the jobs of ``experiment`` (all experiments when None;
+    only those with every tag in ``tags``; only sweep ``sweep_id``'s when given),
+    and their folders give the rest.
     """
     pd = _pandas()
+    labeled = False
     if sweep_dir is not None:
         if tags:
             raise ResultsError("tags live in the database; filter a sweep folder by its columns")
-        rows = _rows_from_sweep_dir(Path(sweep_dir).expanduser())
+        folders = [sweep_dir] if isinstance(sweep_dir, (str, Path)) else list(sweep_dir)
+        labeled = len(folders) > 1
+        rows = []
+        for folder in folders:
+            found = _by_job_id(_rows_from_sweep_dir(Path(folder).expanduser()))
+            rows += [dict(r, sweep=str(folder)) for r in found]
     else:
-        rows = _rows_from_db(
-            experiment, str(db) if db else None, str(base_path) if base_path else None, tags
+        rows = _by_job_id(
+            _rows_from_db(
+                experiment,
+                str(db) if db else None,
+                str(base_path) if base_path else None,
+                tags,
+                sweep_id,
+            )
         )
     override_keys: dict[str, None] = {}
     metric_keys: dict[str, None] = {}
     records = []
-    for row in sorted(rows, key=lambda r: (r["job_id"] is None, r["job_id"] or 0)):
-        record: dict[str, Any] = {"job_id": row["job_id"], "status": row["status"]}
+    for row in rows:
+        record: dict[str, Any] = {"sweep": row.get("sweep")} if labeled else {}
+        record.update(job_id=row["job_id"], status=row["status"])
         if "experiment" in row:
             record["experiment"] = row["experiment"]
         for key, value in override_columns(row["overrides"]).items():
@@ -239,7 +276,8 @@ def load(
             record[name] = value
         record["output_dir"] = row["output_dir"]
         records.append(record)
-    base = ["job_id", "status"] + (["experiment"] if sweep_dir is None else [])
+    base = (["sweep"] if labeled else []) + ["job_id", "status"]
+    base += ["experiment"] if sweep_dir is None else []
     columns = base + list(override_keys) + list(metric_keys) + ["output_dir"]
     df = pd.DataFrame.from_records(records, columns=columns)
     if group_by:
@@ -272,3 +310,55 @@ def _grouped(pd: Any, df: pd.DataFrame, keys: list[str], metrics: list[str]) -> 
         out[f"{m}_std"] = values.std()
         out[f"{m}_count"] = values.count()
     return out.reset_index()
+
+
+def best(df: pd.DataFrame, metric: str, top: int = 1, mode: str = "min") -> pd.DataFrame:
+    """The ``top`` rows with the best ``metric`` (the smallest with ``min``), best first.
+
+    With a ``sweep`` column (several sweeps side by side), the best of each sweep.
+    A grouped table ranks by ``<metric>_mean``.  Rows without a number are left out.
+    """
+    pd = _pandas()
+    column = metric if metric in df.columns else f"{metric}_mean"
+    if column not in df.columns:
+        known = [c for c in df.columns if c not in ("job_id", "status", "output_dir", "sweep")]
+        raise ResultsError(f"no metric {metric!r}; columns: {', '.join(known) or 'none'}")
+    if mode not in ("min", "max"):
+        raise ResultsError(f"mode must be min or max, got {mode!r}")
+    if top < 1:
+        raise ResultsError(f"top must be 1 or more, got {top}")
+    rank = "__rank__"
+    ranked = df.assign(**{rank: pd.to_numeric(df[column], errors="coerce")}).dropna(subset=[rank])
+    ranked = ranked.sort_values(rank, ascending=mode == "min", kind="stable")
+    if "sweep" in ranked.columns:
+        order = {name: i for i, name in enumerate(df["sweep"].drop_duplicates())}
+        ranked = ranked.groupby("sweep", sort=False).head(top)
+        ranked = ranked.sort_values("sweep", key=lambda s: s.map(order), kind="stable")
+    else:
+        ranked = ranked.head(top)
+    return ranked.drop(columns=rank).reset_index(drop=True)
+
+
+def parquet_bytes(df: pd.DataFrame) -> bytes:
+    """The table as a Parquet file.  A column that mixes kinds of value (numbers and
+    text, as an override may) is written as text, since a Parquet column has one type."""
+    try:
+        import pyarrow  # noqa: F401 - pandas writes Parquet through it
+    except ImportError:
+        raise ResultsError(
+            "--format parquet needs pyarrow: pip install pyarrow (or 'dr_exp[results]')"
+        ) from None
+    import io
+
+    def kind(value: Any) -> str:
+        number = isinstance(value, (int, float)) and not isinstance(value, bool)
+        return "number" if number else type(value).__name__
+
+    out = df.copy()
+    for name in out.columns:
+        values = [v for v in out[name] if v is not None and v == v]  # not None, not NaN
+        if out[name].dtype == object and len({kind(v) for v in values}) > 1:
+            out[name] = out[name].map(lambda v: v if v is None or v != v else str(v))
+    buffer = io.BytesIO()
+    out.to_parquet(buffer, index=False)
+    return buffer.getvalue()

@@ -35,9 +35,24 @@ def to_json(value: Any) -> str:
         return repr(obj)
 
     try:
-        return json.dumps(value, default=default, allow_nan=True)
-    except (TypeError, ValueError):
+        return json.dumps(value, default=default, allow_nan=False)
+    except ValueError:  # NaN or Infinity: not JSON; they become null
+        try:
+            return json.dumps(_finite(json.loads(json.dumps(value, default=default))))
+        except (TypeError, ValueError):
+            return json.dumps(repr(value))
+    except TypeError:
         return json.dumps(repr(value))
+
+
+def _finite(value: Any) -> Any:
+    if isinstance(value, float) and (value != value or value in (float("inf"), float("-inf"))):
+        return None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_finite(v) for v in value]
+    return value
 
 
 def error_summary(exc: BaseException) -> str:

@@ -11,6 +11,7 @@ first ``{"output_dir": ...}`` once it is known, then the result.
 
 from __future__ import annotations
 
+import atexit
 import os
 import pickle
 import signal
@@ -38,21 +39,25 @@ def send_frame(fd: int, message: dict) -> None:
 
 
 class FrameReader:
-    """Reassembles the child's frames from pipe chunks."""
+    """Reassembles the child's frames from pipe chunks, in time linear in their size."""
 
     def __init__(self) -> None:
-        self.buffer = b""
+        self.buffer = bytearray()
 
     def feed(self, chunk: bytes) -> list[dict]:
         self.buffer += chunk
         messages = []
-        while len(self.buffer) >= _HEADER.size:
-            (size,) = _HEADER.unpack_from(self.buffer)
-            if len(self.buffer) < _HEADER.size + size:
+        start = 0
+        while len(self.buffer) - start >= _HEADER.size:
+            (size,) = _HEADER.unpack_from(self.buffer, start)
+            end = start + _HEADER.size + size
+            if len(self.buffer) < end:
                 break
-            data = self.buffer[_HEADER.size : _HEADER.size + size]
-            self.buffer = self.buffer[_HEADER.size + size :]
-            messages.append(pickle.loads(data))  # our own forked child wrote it
+            # our own forked child wrote it
+            messages.append(pickle.loads(memoryview(self.buffer)[start + _HEADER.size : end]))
+            start = end
+        if start:
+            del self.buffer[:start]
         return messages
 
 
@@ -74,7 +79,12 @@ def die_with_parent(parent_pid: int) -> None:
 
 
 def child_main(ctx: JobContext, job: Job, fd: int, parent_pid: int) -> None:
-    """Entry point of the forked job process; never returns."""
+    """Entry point of the forked job process; never returns.
+
+    The job's own ``atexit`` handlers run when it ends, as they would when its
+    process exits under the basic launcher (wandb and mlflow close runs there);
+    the worker's handlers, inherited through the fork, do not.
+    """
     code = 0
     try:
         die_with_parent(parent_pid)
@@ -82,6 +92,7 @@ def child_main(ctx: JobContext, job: Job, fd: int, parent_pid: int) -> None:
         for sig in FORWARDED_SIGNALS:
             signal.signal(sig, signal.SIG_DFL)
         signal.set_wakeup_fd(-1)
+        atexit._clear()
         result = ctx.run(job, lambda m: send_frame(fd, m))
         jobfiles.job_ended(result.get("output_dir"), result)
         send_frame(fd, result)
@@ -90,6 +101,7 @@ def child_main(ctx: JobContext, job: Job, fd: int, parent_pid: int) -> None:
         code = 70
     finally:
         try:
+            atexit._run_exitfuncs()
             sys.stdout.flush()
             sys.stderr.flush()
         finally:

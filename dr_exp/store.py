@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import os
 import random
+import re
 import sqlite3
 import time
 from pathlib import Path
@@ -41,17 +42,19 @@ Migration = Callable[[Any], None]  # takes a sqlite_utils.Database
 # Filesystems on which WAL's shared-memory index is unsafe (SQLite docs: WAL
 # needs every process on one host).  On these, dr_exp uses the rollback journal.
 NETWORK_FILESYSTEMS = frozenset(
+    # kernel network and cluster filesystems
     "nfs nfs4 lustre gpfs cifs smb smb2 smb3 smbfs beegfs ceph glusterfs afs 9p panfs fhgfs "
-    "wekafs orangefs pvfs2 sshfs".split()
+    "wekafs weka orangefs pvfs2 gfs2 ocfs2 quobyte "
+    # FUSE network filesystems, seen as fuse.<name> (or fuseblk)
+    "cephfs ceph-fuse gcsfuse s3fs juicefs sshfs rclone goofys lizardfs moosefs mfs davfs2 "
+    "blobfuse blobfuse2 mountpoint-s3 alluxio-fuse quobyte-fuse weka-fuse".split()
 )
 JOURNAL_MODES = ("wal", "delete", "truncate", "persist")
 
 
 def _unescape_mount(text: str) -> str:
-    r"""/proc/mounts writes space, tab, newline and backslash as \040, \011, \012, \134."""
-    for code, char in (("\\040", " "), ("\\011", "\t"), ("\\012", "\n"), ("\\134", "\\")):
-        text = text.replace(code, char)
-    return text
+    r"""/proc/mounts writes some bytes of a path as octal escapes (\040 for a space)."""
+    return re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), text)
 
 
 def filesystem_type(path: Path) -> Optional[str]:
@@ -91,6 +94,12 @@ def choose_journal_mode(path: Path) -> str:
 def is_busy(exc: sqlite3.OperationalError) -> bool:
     text = str(exc).lower()
     return "locked" in text or "busy" in text
+
+
+def is_corrupt(exc: BaseException) -> bool:
+    """A damaged file ("database disk image is malformed", "file is not a database")."""
+    text = str(exc).lower()
+    return "malformed" in text or "not a database" in text
 
 
 def retry_busy(fn: Callable[[], T], attempts: int = 10) -> T:
@@ -215,7 +224,16 @@ class SQLiteStore:
                     self.conn.execute("ROLLBACK")
                 raise
 
-        return retry_busy(attempt)
+        return self._undamaged(lambda: retry_busy(attempt))
+
+    def _undamaged(self, fn: Callable[[], T]) -> T:
+        """A damaged file is the user's to restore: one clear error, not a traceback."""
+        try:
+            return fn()
+        except sqlite3.DatabaseError as e:
+            if is_corrupt(e):
+                raise DatabaseError(f"the {self.KIND} {self.path} is damaged: {e}") from None
+            raise
 
     def rows(self, sql: str, params: Sequence[Any] | dict = ()) -> list[dict]:
         """The rows of a read, as dicts keyed by column name."""
@@ -225,4 +243,4 @@ class SQLiteStore:
             names = [d[0] for d in cur.description]
             return [dict(zip(names, row)) for row in cur.fetchall()]
 
-        return retry_busy(run)
+        return self._undamaged(lambda: retry_busy(run))

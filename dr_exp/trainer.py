@@ -29,7 +29,7 @@ import logging
 import os
 import sys
 import traceback
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Optional
 
@@ -92,6 +92,7 @@ class TrainerSweep(JobContext):
     spec: dict  # config (absolute path), trainer (name), project
     sweep_dir: str  # <base_path>/outputs/<experiment>
     want_returns: bool = False
+    settings: dict = field(default_factory=dict)
 
     @classmethod
     def from_sweep(cls, sweep: SweepRow) -> TrainerSweep:
@@ -101,6 +102,7 @@ class TrainerSweep(JobContext):
             sys_path=sweep.sys_path,
             spec=sweep.spec or {},
             sweep_dir=sweep.sweep_dir or os.path.join(sweep.cwd, "outputs", sweep.experiment),
+            settings=sweep.settings,
         )
 
     def run(self, job: Job, report: Callable[[dict], None]) -> dict:

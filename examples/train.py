@@ -17,6 +17,8 @@ import hydra
 import numpy as np
 from omegaconf import DictConfig
 
+from dr_exp.utils import StructuredLogger
+
 log = logging.getLogger(__name__)
 
 
@@ -88,6 +90,7 @@ def main(cfg: DictConfig) -> dict[str, float]:
     params = init_params(cfg, rng)
     velocity = [np.zeros_like(p) for p in params]
     started = time.perf_counter()
+    events = StructuredLogger()  # learning curves for `dr_exp ui` and `dr_exp report`
     for epoch in range(cfg.train.epochs):
         order = rng.permutation(len(y_train))
         for start in range(0, len(order), cfg.train.batch_size):
@@ -100,7 +103,9 @@ def main(cfg: DictConfig) -> dict[str, float]:
                 v -= cfg.optim.lr * g
                 p += v
         if epoch % 20 == 0 or epoch == cfg.train.epochs - 1:
-            log.info("epoch %d: %s", epoch, evaluate(params, x_val, y_val))
+            scores = evaluate(params, x_val, y_val)
+            log.info("epoch %d: %s", epoch, scores)
+            events.log_event("epoch_complete", {"epoch": epoch, **scores})
     metrics = evaluate(params, x_val, y_val)
     metrics["train_seconds"] = round(time.perf_counter() - started, 3)
     with open(_metrics_path(), "w") as f:

@@ -13,6 +13,13 @@ else
     echo "test.sh: not starting SLURM (needs root); the SLURM tests will skip" >&2
 fi
 
+# The dashboard and report tests drive Debian's headless Chromium (never a downloaded one);
+# the clock-skew test runs a worker under faketime.
+if [ "$(id -u)" = 0 ] && ! { command -v chromium && command -v chromedriver && command -v faketime; } >/dev/null; then
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver faketime >/dev/null
+fi
+
 ruff check .
 ruff format --check .
 python -m pytest "$@"

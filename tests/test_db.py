@@ -21,7 +21,7 @@ from dr_exp.errors import DatabaseError
 def _sweep(db: JobDB, experiment: str = "exp") -> int:
     return db.add_sweep(
         experiment=experiment, app="app", cwd="/", sys_path=[], sweep_dir="d",
-        config_yaml="", payload=b"p", signature="s", want_returns=False,
+        config_yaml="", payload=b"p", want_returns=False,
     )  # fmt: skip
 
 
@@ -44,7 +44,7 @@ def _claimer(path: str, worker: str, out: str) -> None:
         if job is None:
             break
         claimed.append(job.id)
-        finished = (job.id, Outcome(status="completed", return_json=json.dumps(worker)))
+        finished = (job, Outcome(status="completed", return_json=json.dumps(worker)))
     Path(out).write_text(json.dumps(claimed))
 
 
@@ -112,12 +112,15 @@ def test_enqueue_rejects_bad_priority_and_writes_nothing(tmp_path: Path, bad: ob
 def test_stale_worker_cannot_touch_a_job_it_lost(tmp_path: Path) -> None:
     db = JobDB.open(tmp_path / "jobs.db")
     (job_id,) = db.enqueue(_sweep(db), "exp", [(0, [])])
-    job = db.claim("old", "h")
-    assert job is not None and db.requeue(job_id, "old", count_attempt=True)
-    assert db.claim("new", "h") is not None
-    assert not db.finish(job_id, "old", Outcome(status="completed"))
-    assert not db.requeue(job_id, "old")
-    assert db.finish(job_id, "new", Outcome(status="completed", return_json="1"))
+    old = db.claim("old", "h")
+    assert old is not None and db.requeue(old, "old", count_attempt=True)
+    new = db.claim("new", "h")
+    assert new is not None and new.id == job_id
+    assert not db.finish(old, "old", Outcome(status="completed"))
+    assert not db.requeue(old, "old")
+    # The attempt number fences too: a worker's stale claim of an earlier attempt is refused.
+    assert not db.finish(old, "new", Outcome(status="completed"))
+    assert db.finish(new, "new", Outcome(status="completed", return_json="1"))
     (row,) = db.list_jobs()
     assert (row["status"], row["worker"], row["attempts"]) == ("completed", "new", 2)
 
@@ -125,8 +128,8 @@ def test_stale_worker_cannot_touch_a_job_it_lost(tmp_path: Path) -> None:
 def test_requeue_without_counting_keeps_attempts(tmp_path: Path) -> None:
     db = JobDB.open(tmp_path / "jobs.db")
     (job_id,) = db.enqueue(_sweep(db), "exp", [(0, [])])
-    db.claim("w", "h")
-    assert db.requeue(job_id, "w", count_attempt=False)
+    job = db.claim("w", "h")
+    assert job is not None and db.requeue(job, "w", count_attempt=False)
     (row,) = db.list_jobs()
     assert (row["status"], row["attempts"], row["worker"]) == ("pending", 0, None)
 
@@ -134,7 +137,15 @@ def test_requeue_without_counting_keeps_attempts(tmp_path: Path) -> None:
 def test_claim_and_status_use_indexes(tmp_path: Path) -> None:
     """At a million rows a scan would be ruinous; pin the plans instead of timing them."""
     db = JobDB.open(tmp_path / "jobs.db")
-    params = {"worker": "w", "host": "h", "now": 0.0, "experiment": "e", "lease_expires": 1.0}
+    params = {
+        "worker": "w",
+        "host": "h",
+        "now": 0.0,
+        "experiment": "e",
+        "lease_expires": 1.0,
+        "keys": "[]",
+        "lease_s": 1.0,
+    }
     assert any("USING INDEX jobs_pending" in d for d in explain(db, claim_sql(False), params))
     assert any(
         "USING INDEX jobs_pending_by_experiment" in d for d in explain(db, claim_sql(True), params)
@@ -149,7 +160,15 @@ def test_claim_stays_indexed_with_many_finished_rows(tmp_path: Path) -> None:
     ids = db.enqueue(sweep, "exp", [(i, []) for i in range(20000)])
     db.conn.execute("UPDATE jobs SET status = 'completed' WHERE id < ?", (ids[-5],))
     db.conn.execute("ANALYZE")  # the planner must still choose the partial index
-    params = {"worker": "w", "host": "h", "now": 0.0, "experiment": None, "lease_expires": 1.0}
+    params = {
+        "worker": "w",
+        "host": "h",
+        "now": 0.0,
+        "experiment": None,
+        "lease_expires": 1.0,
+        "keys": "[]",
+        "lease_s": 1.0,
+    }
     assert any("USING INDEX jobs_pending" in d for d in explain(db, claim_sql(False), params))
     job = db.claim("w", "h")
     assert job is not None and job.id == ids[-5]
@@ -260,10 +279,11 @@ def test_a_held_write_lock_delays_but_never_fails_a_claim(tmp_path: Path) -> Non
 def test_expired_lease_requeues_then_fails_after_max_attempts(tmp_path: Path) -> None:
     db = JobDB.open(tmp_path / "jobs.db")
     (job_id,) = db.enqueue(_sweep(db), "exp", [(0, [])], max_attempts=2)
-    assert db.claim("w1", "h", lease_s=-1) is not None  # a lease that has already run out
+    first = db.claim("w1", "h", lease_s=-1)  # a lease that has already run out
+    assert first is not None
     job = db.claim("w2", "h", lease_s=-1)  # reaps w1's claim, then claims again
     assert job is not None and (job.id, job.attempts) == (job_id, 2)
-    assert db.heartbeat(job_id, "w1") == "lost"  # the stale worker learns it lost the job
+    assert db.heartbeat(first, "w1") == "lost"  # the stale worker learns it lost the job
     assert db.claim("w3", "h") is None  # reaps w2's claim: 2 attempts used up
     (row,) = db.list_jobs()
     assert row["status"] == "failed"
@@ -275,9 +295,29 @@ def test_expired_lease_requeues_then_fails_after_max_attempts(tmp_path: Path) ->
 def test_heartbeat_renews_and_reports_cancellation(tmp_path: Path) -> None:
     db = JobDB.open(tmp_path / "jobs.db")
     (job_id,) = db.enqueue(_sweep(db), "exp", [(0, [])])
-    db.claim("w", "h", lease_s=-1)
-    assert db.heartbeat(job_id, "w", lease_s=60) == "ok"
+    job = db.claim("w", "h", lease_s=60)
+    assert job is not None and db.heartbeat(job, "w", lease_s=60) == "ok"
     assert db.reap_expired() == []  # renewed, so not reaped
-    db.conn.execute("UPDATE jobs SET status = 'cancelled' WHERE id = ?", (job_id,))
-    assert db.heartbeat(job_id, "w") == "cancelled"
+    assert db.cancel([job_id]) == {"pending": [], "running": [job_id]}
+    # Cancelled while running: "cancelling" until its worker confirms the process is gone.
+    assert db.list_jobs()[0]["status"] == "cancelling"
+    assert db.heartbeat(job, "w") == "cancelling"
+    with pytest.raises(ValueError, match="still being cancelled"):
+        db.retry([job_id])
+    assert db.confirm_stopped(job, "w")
+    assert db.list_jobs()[0]["status"] == "cancelled"
     assert db.attempts(job_id)[0]["outcome"] == "cancelled"
+    assert db.retry([job_id]) == [job_id]
+
+
+def test_a_cancel_that_races_a_finish_leaves_one_consistent_record(tmp_path: Path) -> None:
+    db = JobDB.open(tmp_path / "jobs.db")
+    (job_id,) = db.enqueue(_sweep(db), "exp", [(0, [])])
+    job = db.claim("w", "h")
+    assert job is not None
+    db.cancel([job_id])  # cancelling, while the job finishes on its own
+    assert db.finish(job, "w", Outcome(status="completed", return_json="7"))
+    assert not db.confirm_stopped(job, "w")  # the worker's late confirmation changes nothing
+    (row,) = db.list_jobs()
+    assert (row["status"], row["return_value"]) == ("completed", 7)
+    assert [a["outcome"] for a in db.attempts(job_id)] == ["completed"]

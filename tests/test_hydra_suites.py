@@ -81,8 +81,8 @@ class TestDrExpLauncherIntegration(IntegrationTestSuite):
 def test_plugin_discovery_imports_nothing_heavy() -> None:
     """Hydra imports every hydra_plugins module on every app start: keep ours light.
 
-    Discovery may import the settings' declaration (dr_exp.config, dr_exp.defaults),
-    and nothing else of dr_exp or its dependencies.
+    Discovery may import the settings' declaration (dr_exp.config) and the constants it
+    names, and nothing else of dr_exp or its dependencies.
     """
     import subprocess
     import sys
@@ -98,7 +98,8 @@ def test_plugin_discovery_imports_nothing_heavy() -> None:
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     imported = [m for m in out.stdout.strip().split(",") if m]
-    assert imported == ["dr_exp", "dr_exp.config", "dr_exp.defaults"], imported
+    light = {"dr_exp", "dr_exp.config", "dr_exp.defaults", "dr_exp.failures", "dr_exp.paths"}
+    assert "dr_exp.config" in imported and set(imported) <= light, imported
 
 
 def test_hydra_plugins_is_a_namespace_package() -> None:

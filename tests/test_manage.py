@@ -15,7 +15,6 @@ from conftest import run_app, run_cli
 from manage_helpers import (
     FAST_WORKER,
     MANAGED,
-    assert_one_line_error,
     attempts,
     by_override,
     cli_json,
@@ -23,6 +22,7 @@ from manage_helpers import (
     start_worker,
     wait_for,
 )
+from test_cli import assert_one_line, invoke, ok
 
 from dr_exp.db import JobDB, Outcome
 
@@ -177,11 +177,11 @@ def three_states(tmp_path: Path, db_path: Path) -> dict[str, int]:
     """
     db = JobDB.open(db_path)
     sweep = db.add_sweep(experiment="managed", app="managed", cwd=str(tmp_path), sys_path=[],
-                         sweep_dir="multirun/x", config_yaml="", payload=b"-", signature="-",
+                         sweep_dir="multirun/x", config_yaml="", payload=b"-",
                          want_returns=False)  # fmt: skip
     db.enqueue(sweep, "managed", [(n, [f"seed={n}"]) for n in range(3)])
     done = db.claim("w-1", "host", lease_s=3600)
-    db.finish(done.id, "w-1", Outcome(status="completed", return_json="1"))
+    db.finish(done, "w-1", Outcome(status="completed", return_json="1"))
     running = db.claim("w-2", "host", lease_s=3600)
     db.close()  # checkpoints the WAL: the file's bytes are now stable
     (pending,) = [r["id"] for r in rows(db_path) if r["status"] == "pending"]
@@ -189,37 +189,36 @@ def three_states(tmp_path: Path, db_path: Path) -> dict[str, int]:
 
 
 @pytest.mark.parametrize(
-    "args, needle",
-    [
-        (["show", "999"], "no job with id 999"),
-        (["logs", "999"], "no job with id 999"),
-        (["cancel", "999"], "no job with id 999"),
-        (["retry", "{pending}", "999"], "no job with id 999"),
-        (["priority", "999", "--set", "5"], "no job with id 999"),
-        (["show", "abc"], "bad job id 'abc'"),
-        (["cancel", "--status", "done"], "unknown status 'done'"),
-        (["retry", "--status", "finished"], "unknown status 'finished'"),
-        (["priority", "--status", "runing", "--set", "1"], "unknown status 'runing'"),
-        (["cancel", "--status", "completed"], "cannot cancel completed jobs"),
-        (["retry", "--status", "pending"], "cannot retry pending jobs"),
-        (["priority", "{pending}", "--set", "1001"], "from 0 to 1000"),
-        (["priority", "{completed}", "--boost", "501"], "got 1001"),
-        (["priority", "--tag", "x"], "one of the arguments --set --boost is required"),
-        (["retry", "{running}"], "is running; cancel it first"),
-        (["retry", "{completed}"], "only failed or cancelled jobs can be retried"),
-        (["cancel", "{completed}", "{pending}"], "only pending or running jobs can be cancelled"),
-        (["cancel"], "say which jobs to cancel"),
-        (["cancel", "{pending}", "--wait", "-1"], "--wait must be 0 or more"),
-        (["list", "--sweep", "77"], "no sweep with id 77"),
-        (["list", "--sweep", "/no/such/folder"], "no sweep with folder"),
+    "args, code, needle",
+    [  # usage errors exit 2, states to fix (no such job, a running job) exit 1
+        (["show", "999"], 1, "no job with id 999"),
+        (["logs", "999"], 1, "no job with id 999"),
+        (["cancel", "999"], 1, "no job with id 999"),
+        (["retry", "{pending}", "999"], 1, "no job with id 999"),
+        (["priority", "999", "--set", "5"], 1, "no job with id 999"),
+        (["show", "abc"], 2, "bad job id 'abc'"),
+        (["cancel", "--status", "done"], 2, "unknown status 'done'"),
+        (["retry", "--status", "finished"], 2, "unknown status 'finished'"),
+        (["priority", "--status", "runing", "--set", "1"], 2, "unknown status 'runing'"),
+        (["cancel", "--status", "completed"], 2, "cannot cancel completed jobs"),
+        (["retry", "--status", "pending"], 2, "cannot retry pending jobs"),
+        (["priority", "{pending}", "--set", "1001"], 2, "from 0 to 1000"),
+        (["priority", "{completed}", "--boost", "501"], 1, "got 1001"),
+        (["priority", "--tag", "x"], 2, "one of the options --set N, --boost N is required"),
+        (["retry", "{running}"], 1, "is running; cancel it first"),
+        (["retry", "{completed}"], 1, "only failed or cancelled jobs can be retried"),
+        (["cancel", "{completed}", "{pending}"], 1, "only pending or running jobs can be"),
+        (["cancel"], 2, "say which jobs to cancel"),
+        (["cancel", "{pending}", "--wait", "-1"], 2, "'--wait': must be 0 seconds or more, got -1"),
+        (["list", "--sweep", "77"], 1, "no sweep with id 77"),
+        (["list", "--sweep", "/no/such/folder"], 1, "no sweep with folder"),
     ],
 )
 def test_bad_input_is_one_line_and_changes_nothing(
-    db_path: Path, three_states: dict[str, int], args: list[str], needle: str
+    db_path: Path, three_states: dict[str, int], args: list[str], code: int, needle: str
 ) -> None:
     before = db_path.read_bytes()
-    proc = run_cli(*[a.format(**three_states) for a in args], check=False)
-    assert_one_line_error(proc, needle)
+    assert_one_line(invoke(*[a.format(**three_states) for a in args]), code, needle)
     assert db_path.read_bytes() == before
 
 
@@ -243,9 +242,9 @@ def test_global_base_path_and_experiment_options(tmp_path: Path, db_path: Path) 
 
 
 def test_help_lists_the_management_commands() -> None:
-    out = run_cli("--help").stdout
+    out = ok("--help")
     for command in ("show", "cancel", "retry", "priority", "logs", "results", "submit"):
         assert command in out
     assert "--base-path" in out
-    assert "--wait" in run_cli("cancel", "--help").stdout
-    assert "--boost" in run_cli("priority", "--help").stdout
+    assert "--wait" in ok("cancel", "--help")
+    assert "--boost" in ok("priority", "--help")

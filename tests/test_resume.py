@@ -174,7 +174,7 @@ def test_identity_is_backfilled_when_a_version_2_database_is_migrated(tmp_path: 
     assert sweep == "hydra"
     # Re-submitting the old job finds it: the failed job is queued again, not duplicated.
     rerun = db.add_sweep(experiment="e", app="train", cwd="/", sys_path=[], sweep_dir="d",
-                         config_yaml="", payload=b"p", signature="s", want_returns=False)  # fmt: skip
+                         config_yaml="", payload=b"p", want_returns=False)  # fmt: skip
     done = db.enqueue_batch(rerun, "e", [(5, ["a=1", "b=2"]), (6, ["a=1", "b=3"])])
     assert done.actions == ["requeued", "queued"] and done.ids[0] == job["id"]
     assert [(r["status"], r["job_num"]) for r in db.list_jobs()] == [("pending", 0), ("pending", 6)]
@@ -185,7 +185,7 @@ def test_enqueue_batch_in_one_transaction(tmp_path: Path) -> None:
 
     def new_sweep() -> int:
         return db.add_sweep(experiment="e", app="a", cwd="/", sys_path=[], sweep_dir="d",
-                            config_yaml="", payload=b"p", signature="s", want_returns=False)  # fmt: skip
+                            config_yaml="", payload=b"p", want_returns=False)  # fmt: skip
 
     first = new_sweep()
     done = db.enqueue_batch(

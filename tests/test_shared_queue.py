@@ -97,7 +97,7 @@ class Lab:
         path = f"{self.python.parent}:/usr/local/bin:/usr/bin:/bin"
         return [
             "env", "-i", f"PATH={path}", f"HOME={home}", f"USER={user}", f"LOGNAME={user}",
-            "LANG=C.UTF-8", f"DR_EXP_SECRET_KEY_FILE={self.key}", "HYDRA_FULL_ERROR=0",
+            "LANG=C.UTF-8", f"DR_EXP_SHARED_KEY_FILE={self.key}", "HYDRA_FULL_ERROR=0",
         ]  # fmt: skip
 
     def command(self, user: str, args: List[str]) -> List[str]:

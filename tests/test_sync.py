@@ -103,7 +103,7 @@ def test_claims_are_exclusive_leases_expire_and_rerecords_resend(tmp_path: Path)
     )
     a = SyncQueue.open(tmp_path / "q.db")
     b = SyncQueue.open(tmp_path / "q.db")
-    assert a.schema_version() == 1
+    assert a.schema_version() == len(SyncQueue.MIGRATIONS)
     fid = a.record(str(folder), target, "out/0")
     assert a.record(str(folder), target, "out/0", since=time.time() - 60) is None  # already
     got = a.claim(fid, "a", lease_s=30)
@@ -585,13 +585,13 @@ def test_bad_input_is_a_one_line_error_and_leaves_the_queue_unchanged(
         assert proc.returncode == 1, proc.stderr
         assert needle in proc.stderr and "Traceback" not in proc.stderr
     assert not db_path.exists()
-    for args, needle in [
-        (["sync", "run", "--lease", "1", "--heartbeat", "5"], "--lease must be longer"),
-        (["sync", "status", "--state", "lost"], "unknown state 'lost'"),
-        (["sync", "run", "--once", "--queue", str(tmp_path / "nope.db")], "no sync queue at"),
+    for args, code, needle in [
+        (["sync", "run", "--lease", "1", "--heartbeat", "5"], 1, "--lease must be longer"),
+        (["sync", "status", "--state", "lost"], 2, "unknown state 'lost'"),  # a usage error
+        (["sync", "run", "--once", "--queue", str(tmp_path / "nope.db")], 1, "no sync queue at"),
     ]:
         proc = run_cli(*args, check=False)
-        assert proc.returncode == 1 and needle in proc.stderr, proc.stderr
+        assert proc.returncode == code and needle in proc.stderr, proc.stderr
         assert len(proc.stderr.strip().splitlines()) == 1
     assert queue.read_bytes() == before
     assert states() == ["pending"]

@@ -124,7 +124,7 @@ def test_tampered_payload_is_refused(tmp_path: Path, db_path: Path) -> None:
     run_cli("worker", "--idle-timeout", "0.5")
     rows = jobs(db_path)
     assert [r["status"] for r in rows] == ["failed", "failed"]
-    assert all("payload signature mismatch" in r["error"] for r in rows)
+    assert all("not signed by a key this worker holds" in r["error"] for r in rows)
     assert not marker.exists()
 
 

@@ -10,22 +10,22 @@ from __future__ import annotations
 
 import logging
 import os
+from dataclasses import fields
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Optional, Sequence
+from typing import Any, Optional, Sequence
 
 from hydra.experimental.callback import Callback
 
 from dr_exp import paths
+from dr_exp.config import DrExpSyncConf
+from dr_exp.errors import BadInput
 from dr_exp.sync.destinations import check_dest
-from dr_exp.sync.queue import SyncQueue, Target
-
-if TYPE_CHECKING:
-    from dr_exp.context import JobContext
+from dr_exp.sync.folders import record_folder
+from dr_exp.sync.queue import SyncQueue
 
 log = logging.getLogger("dr_exp.sync")
 
-SETTINGS = ("dest", "queue", "base", "options", "rsync_args", "bwlimit", "background")
-TARGET_SETTINGS = ("dest", "options", "rsync_args", "bwlimit", "background")
+SETTINGS = tuple(f.name for f in fields(DrExpSyncConf))  # hydra.launcher.sync.*
 
 
 def validate_settings(raw: Any) -> dict:
@@ -36,28 +36,28 @@ def validate_settings(raw: Any) -> dict:
     raw = dict(raw or {})
     unknown = sorted(set(raw) - set(SETTINGS))
     if unknown:
-        raise ValueError(f"{unknown[0]}: unknown setting; known: {', '.join(SETTINGS)}")
+        raise BadInput(f"{unknown[0]}: unknown setting; known: {', '.join(SETTINGS)}")
     if raw.get("dest") in (None, ""):
         return {}
     try:
         dest = check_dest(raw["dest"])
     except ValueError as e:
-        raise ValueError(f"dest: {e}") from None
+        raise BadInput(f"dest: {e}") from None
     options = raw.get("options") or {}
     if not isinstance(options, dict):
-        raise ValueError(f"options: must be a mapping of fsspec storage options, got {options!r}")
+        raise BadInput(f"options: must be a mapping of fsspec storage options, got {options!r}")
     rsync_args = raw.get("rsync_args") or []
     if isinstance(rsync_args, str) or not all(isinstance(a, str) for a in rsync_args):
-        raise ValueError(f"rsync_args: must be a list of arguments, got {rsync_args!r}")
+        raise BadInput(f"rsync_args: must be a list of arguments, got {rsync_args!r}")
     bwlimit = raw.get("bwlimit") or 0
     if isinstance(bwlimit, bool) or not isinstance(bwlimit, (int, float)) or bwlimit < 0:
-        raise ValueError(f"bwlimit: must be 0 (unlimited) or more KiB/s, got {bwlimit!r}")
+        raise BadInput(f"bwlimit: must be 0 (unlimited) or more KiB/s, got {bwlimit!r}")
     background = raw.get("background", True)
     if not isinstance(background, bool):
-        raise ValueError(f"background: must be true or false, got {background!r}")
+        raise BadInput(f"background: must be true or false, got {background!r}")
     for key in ("queue", "base"):
         if raw.get(key) is not None and not str(raw[key]).strip():
-            raise ValueError(f"{key}: must be a path or null")
+            raise BadInput(f"{key}: must be a path or null")
     return {
         "dest": dest,
         "queue": str(paths.sync_queue(raw["queue"])) if raw.get("queue") else None,
@@ -67,21 +67,6 @@ def validate_settings(raw: Any) -> dict:
         "bwlimit": float(bwlimit),
         "background": background,
     }
-
-
-def relative_name(output_dir: str, base: Optional[str]) -> str:
-    """Where a folder goes under the destination: its path below ``base``.
-
-    A folder outside ``base`` keeps its whole absolute path (without the leading /).
-    """
-    path = os.path.abspath(output_dir)
-    if base:
-        base = os.path.abspath(base)
-        if path == base:
-            return os.path.basename(path) or "root"
-        if path.startswith(base.rstrip("/") + "/"):
-            return os.path.relpath(path, base)
-    return path.lstrip("/") or "root"
 
 
 def record_finished(
@@ -117,28 +102,7 @@ def record_finished(
         }
     )
     queue_path = paths.sync_queue(queue)
-    return _record(output_dir, _target(settings), queue_path, base, experiment, job_id, since)
-
-
-def _target(settings: dict) -> Target:
-    return Target(**{k: settings[k] for k in TARGET_SETTINGS})
-
-
-def _record(
-    output_dir: os.PathLike | str,
-    target: Target,
-    queue: os.PathLike | str,
-    base: Optional[os.PathLike | str],
-    experiment: Optional[str],
-    job_id: Optional[int],
-    since: Optional[float],
-) -> Optional[int]:
-    path = os.path.abspath(output_dir)
-    rel = relative_name(path, str(base) if base else os.getcwd())
-    # A new queue is group-writable when its folder is marked shared (paths.ensure_dir):
-    # this runs in the job's process, which does not know hydra.launcher.group_shared.
-    with SyncQueue.open(Path(queue)) as q:
-        return q.record(path, target, rel, experiment=experiment, job_id=job_id, since=since)
+    return record_folder(queue_path, settings, output_dir, base, experiment, job_id, since)
 
 
 class SyncCallback(Callback):
@@ -195,8 +159,9 @@ class SyncCallback(Callback):
         since: Optional[float] = None,
     ) -> Optional[int]:
         """record_finished with this callback's settings, checked once when it was built."""
-        target = _target(vars(self))
-        return _record(output_dir, target, self.queue, self.base or base, experiment, job_id, since)
+        return record_folder(
+            self.queue, vars(self), output_dir, self.base or base, experiment, job_id, since
+        )
 
     def on_job_end(self, config: Any, job_return: Any, **kwargs: Any) -> None:
         try:
@@ -255,6 +220,8 @@ def attach_callback(
     return callback
 
 
-def sweep_callbacks(ctx: JobContext) -> list[SyncCallback]:
-    """The SyncCallbacks among a sweep's callbacks (``dr_exp.context.JobContext.callbacks``)."""
-    return [c for c in ctx.callbacks if isinstance(c, SyncCallback)]
+def sync_settings(callbacks: Sequence[Any]) -> list[dict]:
+    """The settings of the SyncCallbacks among a sweep's Hydra callbacks, as plain dicts:
+    what a job's process reports to its worker, which records the folder of a job that
+    died before its on_job_end."""
+    return [dict(vars(c)) for c in callbacks if isinstance(c, SyncCallback)]

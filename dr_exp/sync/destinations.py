@@ -31,6 +31,8 @@ from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
 from typing import Any, Callable, Optional, Sequence
 
+from dr_exp.errors import BadInput
+
 TMP_MARK = ".drexp-tmp-"  # temporary names: .<name>.drexp-tmp-<hex>
 CHUNK = 1 << 20
 OBJECT_STORES = {"s3", "s3a", "gs", "gcs", "az", "abfs", "abfss", "adl", "oss", "r2", "b2"}
@@ -95,7 +97,7 @@ def kind_of(dest: str) -> str:
 def check_dest(dest: str) -> str:
     """Validate a destination before anything is recorded; returns its canonical form."""
     if not isinstance(dest, str) or not dest.strip():
-        raise ValueError(f"must be a path, host:/path or URL, got {dest!r}")
+        raise BadInput(f"must be a path, host:/path or URL, got {dest!r}")
     dest = dest.strip()
     kind = kind_of(dest)
     if kind == "local":
@@ -106,15 +108,15 @@ def check_dest(dest: str) -> str:
         try:
             import fsspec
         except ImportError:
-            raise ValueError(
+            raise BadInput(
                 f"{protocol}:// destinations need fsspec: pip install 'dr_exp[sync]'"
             ) from None
         try:
             fsspec.get_filesystem_class(protocol)
         except ValueError:
-            raise ValueError(f"unknown destination protocol {protocol!r} in {dest!r}") from None
+            raise BadInput(f"unknown destination protocol {protocol!r} in {dest!r}") from None
         except ImportError as e:
-            raise ValueError(f"{protocol}:// needs a backend that is not installed: {e}") from None
+            raise BadInput(f"{protocol}:// needs a backend that is not installed: {e}") from None
     return dest
 
 
@@ -152,6 +154,11 @@ class Destination:
         """Remove temporary files that a killed uploader left behind."""
 
 
+def open_no_follow(path: Path) -> Any:
+    """Open a file for reading, refusing a symbolic link (one swapped in after the scan)."""
+    return os.fdopen(os.open(path, os.O_RDONLY | os.O_NOFOLLOW), "rb")
+
+
 def _copy_stream(src: Any, dst: Any, ctl: Control) -> int:
     sent = 0
     while True:
@@ -177,7 +184,7 @@ class LocalDestination(Destination):
                 raise DestinationError(f"cannot create {dst.parent}: {e.strerror}") from None
             tmp = dst.parent / f".{dst.name}{TMP_MARK}{secrets.token_hex(4)}"
             try:
-                with open(src, "rb") as fin, open(tmp, "wb") as fout:
+                with open_no_follow(src) as fin, open(tmp, "wb") as fout:
                     sent = _copy_stream(fin, fout, ctl)
                     fout.flush()
                     os.fsync(fout.fileno())
@@ -251,7 +258,6 @@ class RsyncDestination(Destination):
             cmd = [
                 self.rsync,
                 "-a",
-                "--copy-links",
                 f"--files-from={listing}",
                 "--from0",
                 "--out-format=%i %n",
@@ -338,7 +344,7 @@ class FsspecDestination(Destination):
             try:
                 if not self.atomic_put:
                     self.fs.makedirs(dst.rpartition("/")[0], exist_ok=True)
-                with open(src, "rb") as fin, self.fs.open(target, "wb") as fout:
+                with open_no_follow(src) as fin, self.fs.open(target, "wb") as fout:
                     sent = _copy_stream(fin, fout, ctl)
                 if target != dst:
                     self.fs.mv(target, dst)

@@ -35,6 +35,7 @@ import time
 from dataclasses import dataclass
 from typing import Any, Callable, Optional, Sequence
 
+from dr_exp import signing
 from dr_exp.defaults import LEASE_S
 from dr_exp.paths import ENV_SYNC_QUEUE
 from dr_exp.store import SQLiteStore
@@ -161,11 +162,26 @@ _DUE = (
 )
 
 
+NOT_SIGNED_RETRY_S = 24 * 3600.0  # an unsigned entry is looked at again only after a day
+
+
+def _migrate_to_2(db: Any) -> None:
+    """Signed folders: an entry names what is uploaded, where and with which rsync
+    arguments, so whoever can write the file must not be able to add or change one."""
+    db["folders"].add_column("key_id", str)
+    db["folders"].add_column("signature", str)
+
+
+def folder_signed(path: str, rel: str, dest: str, options: str, key_id: str) -> dict:
+    """The fields of a folder entry that its signature covers."""
+    return {"path": path, "rel": rel, "dest": dest, "options": options, "key_id": key_id}
+
+
 class SyncQueue(SQLiteStore):
     """A connection to one sync queue file."""
 
     KIND = "sync queue"
-    MIGRATIONS = [_migrate_to_1]
+    MIGRATIONS = [_migrate_to_1, _migrate_to_2]
     MISSING_HINT = (
         "; set hydra.launcher.sync.dest to record finished folders, "
         f"or point --queue / {ENV_SYNC_QUEUE} at one"
@@ -191,6 +207,10 @@ class SyncQueue(SQLiteStore):
         """
         now = time.time()
         options = _target_options(target)
+        key = signing.signing_key()
+        signature = signing.sign_fields(
+            "folder", folder_signed(path, rel, target.dest, options, key.id), key
+        )
 
         def record(conn: sqlite3.Connection) -> Optional[int]:
             conn.execute(
@@ -203,12 +223,14 @@ class SyncQueue(SQLiteStore):
             row = conn.execute(
                 """
                 INSERT INTO folders (path, target_id, rel, host, experiment, job_id, status,
-                                     generation, attempts, next_try, recorded)
+                                     generation, attempts, next_try, recorded, key_id, signature)
                 VALUES (:path, :target_id, :rel, :host, :experiment, :job_id, 'pending',
-                        1, 0, 0, :now)
+                        1, 0, 0, :now, :key_id, :signature)
                 ON CONFLICT (path, target_id) DO UPDATE SET
                     generation = generation + 1,
                     rel = excluded.rel,
+                    key_id = excluded.key_id,
+                    signature = excluded.signature,
                     host = excluded.host,
                     recorded = excluded.recorded,
                     experiment = coalesce(excluded.experiment, experiment),
@@ -227,6 +249,8 @@ class SyncQueue(SQLiteStore):
                     "job_id": job_id,
                     "now": now,
                     "since": since,
+                    "key_id": key.id,
+                    "signature": signature,
                 },
             ).fetchone()
             return row[0] if row else None
@@ -244,18 +268,20 @@ class SyncQueue(SQLiteStore):
         """
         sql = (
             "SELECT f.id, f.path, f.host FROM folders f JOIN targets t ON t.id = f.target_id "
-            f"WHERE ({_DUE}) "
+            f"WHERE ({_DUE}) AND f.key_id IN (SELECT value FROM json_each(:keys)) "
         )
         if background_only:
             sql += "AND json_extract(t.options, '$.background') = 1 "
         sql += "ORDER BY f.host IS NOT :host, f.next_try, f.id LIMIT :limit"
-        return self.rows(sql, {"now": time.time(), "host": host, "limit": limit})
+        keys = json.dumps(sorted(signing.keyring()))  # only folders this uploader can verify
+        return self.rows(sql, {"now": time.time(), "host": host, "limit": limit, "keys": keys})
 
     def claim(self, folder_id: int, owner: str, lease_s: float = LEASE_S) -> Optional[Folder]:
         """Claim one due folder under a lease; None when another uploader was first.
 
         A folder whose lease expired (its uploader was killed) is due again: the
-        next uploader takes it over and finishes the upload.
+        next uploader takes it over and finishes the upload.  An entry whose
+        signature does not verify is never used: it is left failing, with the reason.
         """
 
         def claim(conn: sqlite3.Connection) -> Optional[Folder]:
@@ -264,7 +290,7 @@ class SyncQueue(SQLiteStore):
                 "UPDATE folders SET status = 'uploading', owner = :owner, "
                 "lease_expires = :expires, claimed_generation = generation "
                 f"WHERE id = :id AND ({_DUE.replace('f.', '')}) "
-                "RETURNING id, path, rel, host, generation, target_id",
+                "RETURNING id, path, rel, host, generation, target_id, key_id, signature",
                 {"owner": owner, "expires": now + lease_s, "id": folder_id, "now": now},
             ).fetchone()
             if row is None:
@@ -272,6 +298,17 @@ class SyncQueue(SQLiteStore):
             dest, options = conn.execute(
                 "SELECT dest, options FROM targets WHERE id = ?", (row[5],)
             ).fetchone()
+            signed = folder_signed(row[1], row[2], dest, options, row[6])
+            try:
+                signing.verify_fields("folder", signed, row[7], f"sync entry {row[0]} ({row[1]})")
+            except signing.NotSigned as e:  # never uploaded; shown as failing, with why
+                conn.execute(
+                    "UPDATE folders SET status = 'pending', owner = NULL, lease_expires = NULL, "
+                    "attempts = attempts + 1, next_try = ?, last_error = ?, last_error_at = ? "
+                    "WHERE id = ?",
+                    (now + NOT_SIGNED_RETRY_S, str(e), now, row[0]),
+                )
+                return None
             manifest = conn.execute(
                 "SELECT files FROM manifests WHERE folder_id = ?", (row[0],)
             ).fetchone()

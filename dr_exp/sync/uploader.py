@@ -18,7 +18,6 @@ import random
 import secrets
 import socket
 import stat
-import sys
 import threading
 import time
 from contextlib import AbstractContextManager, nullcontext
@@ -35,6 +34,7 @@ from dr_exp.sync.destinations import (
     UploadStopped,
     make_destination,
 )
+from dr_exp.sync.folders import record_folder
 from dr_exp.sync.queue import Folder, LeaseLost, SyncQueue, Target
 
 log = logging.getLogger("dr_exp.sync")
@@ -97,7 +97,12 @@ def _pause(poll_s: float, attempted: Optional[int]) -> float:
 
 
 def scan(folder: Path) -> dict[str, list[int]]:
-    """Every regular file below ``folder``: relative name -> [size, mtime_ns]."""
+    """Every regular file below ``folder``: relative name -> [size, mtime_ns].
+
+    Symbolic links are never followed (os.walk does not descend into linked folders,
+    and a linked file is left out): a link must not carry a file from outside the job's
+    folder, such as ``~/.ssh/id_rsa``, to the destination.
+    """
     found: dict[str, list[int]] = {}
     for dirpath, _dirs, names in os.walk(folder):
         for name in names:
@@ -105,9 +110,9 @@ def scan(folder: Path) -> dict[str, list[int]]:
                 continue
             full = os.path.join(dirpath, name)
             try:
-                st = os.stat(full)
+                st = os.lstat(full)
             except OSError:
-                continue  # removed meanwhile, or a dangling link
+                continue  # removed meanwhile
             if stat.S_ISREG(st.st_mode):
                 found[os.path.relpath(full, folder)] = [st.st_size, st.st_mtime_ns]
     return found
@@ -384,25 +389,22 @@ class WorkerSync:
             except Exception as e:
                 log.warning("sync: cannot upload from %s: %s", queue, e)
 
-    def after_job(self, ctx: Any, job: Any, output_dir: Optional[str], started: float) -> None:
+    def after_job(
+        self, sync: list[dict], base: str, job: Any, output_dir: Optional[str], started: float
+    ) -> None:
         """Record the job's folder unless its on_job_end did (it did not if the job died).
 
-        ``ctx`` is the sweep's job context: ``ctx.cwd`` and ``ctx.callbacks``.
+        ``sync`` holds the settings of the sweep's SyncCallbacks, as the job's process
+        reported them (``dr_exp.sync.callback.sync_settings``); ``base`` is the sweep's cwd.
         """
-        callback = sys.modules.get(f"{__package__}.callback")
-        if not output_dir or callback is None:
-            return  # the module was never imported: no SyncCallback exists in this process
-        for cb in callback.sweep_callbacks(ctx):
+        if not output_dir:
+            return
+        for settings in sync:
             try:
-                cb.record(
-                    output_dir,
-                    base=getattr(ctx, "cwd", None),
-                    experiment=job.experiment,
-                    job_id=job.id,
-                    since=started,
-                )
-                if cb.background:
-                    self._ensure(cb.queue)
+                queue, where = settings["queue"], settings.get("base") or base
+                record_folder(queue, settings, output_dir, where, job.experiment, job.id, started)
+                if settings.get("background", True):
+                    self._ensure(settings["queue"])
             except Exception as e:
                 log.warning("sync: could not record %s for upload: %s", output_dir, e)
 

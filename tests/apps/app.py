@@ -12,6 +12,14 @@ mode=exclusive  holds an exclusive lock on marker_dir/<x>.lock for `sleep` secon
              appends to marker_dir/DOUBLE if another process of the same job holds it
 mode=sleep   sleeps `sleep` seconds or until marker_dir/release exists, returns x;
              writes marker_dir/<x>.start (its pid) and <x>.end
+mode=helper  forks a helper that sleeps 120 s holding the job's inherited files open (its
+             pid in marker_dir/<x>.helper), then returns x at once
+mode=atexit  registers an atexit handler that writes marker_dir/<x>.atexit, returns x
+mode=big     returns `size` bytes
+mode=badhost fails on the host named badnode, else sleeps `sleep` s and returns x
+mode=oom     raises MemoryError
+mode=nonfinite returns NaN and Infinity, which JSON cannot hold
+stubborn=true  ignore SIGTERM (any mode)
 """
 
 import ctypes
@@ -29,6 +37,8 @@ SEEN: list = []
 
 @hydra.main(version_base=None, config_path=".", config_name="app")
 def main(cfg: DictConfig):
+    if cfg.stubborn:  # ignores SIGTERM: only the worker's SIGKILL after its grace period ends it
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
     if cfg.marker_dir:
         Path(cfg.marker_dir).mkdir(parents=True, exist_ok=True)
         (Path(cfg.marker_dir) / f"{cfg.x}.start").write_text(str(os.getpid()))
@@ -75,6 +85,31 @@ def main(cfg: DictConfig):
         if cfg.marker_dir:
             (Path(cfg.marker_dir) / f"{cfg.x}.end").write_text("")
         return cfg.x
+    if cfg.mode == "helper":
+        pid = os.fork()
+        if pid == 0:  # keeps every inherited descriptor, the result pipe too
+            time.sleep(120)
+            os._exit(0)
+        (Path(cfg.marker_dir) / f"{cfg.x}.helper").write_text(str(pid))
+        return cfg.x
+    if cfg.mode == "atexit":
+        import atexit
+
+        atexit.register(lambda: (Path(cfg.marker_dir) / f"{cfg.x}.atexit").write_text("ran"))
+        return cfg.x
+    if cfg.mode == "badhost":
+        import socket
+
+        if socket.gethostname() == "badnode":
+            raise RuntimeError("the GPU on badnode is broken")
+        time.sleep(cfg.sleep)
+        return cfg.x
+    if cfg.mode == "oom":
+        raise MemoryError(f"x={cfg.x} needs more memory")
+    if cfg.mode == "nonfinite":
+        return {"loss": float("nan"), "best": float("inf"), "x": cfg.x}
+    if cfg.mode == "big":
+        return b"x" * int(cfg.size)
     return cfg.x * 2
 
 
