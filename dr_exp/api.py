@@ -303,16 +303,9 @@ def submit_job(
     if not config_name:
         raise SubmitError("config_name is required, e.g. 'configs/experiment/baseline.yaml'")
     job = {"config": config_name, "overrides": overrides, "priority": priority, "tags": tags}
-    (result,) = submit_jobs(
-        [job],
-        experiment=experiment,  # type: ignore[arg-type]
-        project=project,
-        base_path=base_path,
-        trainer=trainer,
-        db=db,
-        on_duplicate=on_duplicate,
-        max_attempts=max_attempts,
-    )
+    where = {"project": project, "base_path": base_path, "db": db}
+    how = {"trainer": trainer, "on_duplicate": on_duplicate, "max_attempts": max_attempts}
+    (result,) = submit_jobs([job], experiment=experiment or "", **where, **how)
     return result["id"]
 
 
