@@ -43,7 +43,7 @@ from dr_exp.utils import import_function
 
 # Keys of a job dict that are not overrides (everything else is: {"seed": 0} -> seed=0).
 RESERVED_KEYS = ("config", "config_name", "overrides", "priority", "tags", "trainer")
-DEFAULT_CONFIG_DIR = "configs/experiment"
+DEFAULT_CONFIG_DIR = paths.DEFAULT_CONFIG_DIR
 
 
 class SubmitError(BadInput):

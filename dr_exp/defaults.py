@@ -7,6 +7,8 @@ module, so it imports nothing.
 from __future__ import annotations
 
 # -- jobs ------------------------------------------------------------------------
+# What a re-run does with jobs that exist already (config.OnDuplicate is the typed form).
+ON_DUPLICATE = ("skip", "retry_failed", "always")
 PRIORITY = 500
 PRIORITY_MIN, PRIORITY_MAX = 0, 1000
 MAX_ATTEMPTS = 3  # attempts a job gets when its worker vanishes (lease expired)

@@ -99,6 +99,7 @@ def secret_key_file() -> Path:
 
 
 # -- names that become folders -------------------------------------------------------
+DEFAULT_CONFIG_DIR = "configs/experiment"  # `dr_exp submit --config NAME` looks here
 EXPERIMENT_MAX = 128  # characters
 
 

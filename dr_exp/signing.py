@@ -26,7 +26,6 @@ import hashlib
 import hmac
 import json
 import os
-import secrets
 import stat
 from dataclasses import dataclass
 from pathlib import Path
@@ -58,6 +57,8 @@ def key_id(secret: bytes) -> str:
 def _create(path: Path) -> None:
     """Write a new key so that no reader ever sees a partial file: a private temporary
     file, then a hard link to the real name, which fails if another process won."""
+    import secrets
+
     paths.ensure_dir(path.parent)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)

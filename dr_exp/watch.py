@@ -14,7 +14,6 @@ rate: jobs that completed or failed in the last :data:`RATE_WINDOW_S` seconds
 from __future__ import annotations
 
 import os
-import shutil
 import signal
 import sys
 import time
@@ -221,6 +220,8 @@ def watch(db: JobDB, experiment: Optional[str], interval: float) -> int:
     except ImportError:
         raise UserError("dr_exp status --watch needs rich: pip install 'dr_exp[watch]'") from None
     if not sys.stdout.isatty():
+        import shutil
+
         width = int(os.environ.get("COLUMNS") or shutil.get_terminal_size((120, 40)).columns)
         Console(width=width).print(view(take(db, experiment)))
         return 0

@@ -5,5 +5,8 @@ install_dr_exp() {
     [ -x .venv/bin/python ] || "$python" -m venv .venv
     .venv/bin/python -m pip install -q --upgrade pip
     .venv/bin/python -m pip install -q -e ".[$1]"
+    # Byte-compile now: under PYTHONDONTWRITEBYTECODE (common in containers) an editable
+    # install would otherwise recompile every module at every CLI, worker and job start.
+    .venv/bin/python -m compileall -q dr_exp hydra_plugins >/dev/null
     export PATH="$PWD/.venv/bin:$PATH"
 }

@@ -369,6 +369,8 @@ def test_help_and_status_import_nothing_heavy(empty_db: Path) -> None:
     modules = {line.rsplit("|", 1)[-1].strip() for line in proc.stderr.splitlines() if "|" in line}
     assert "dr_exp.cli" in modules
     assert not {m.split(".")[0] for m in modules} & set(HEAVY), proc.stderr
+    # --help lists the commands: it opens no database and reads no key.
+    assert not modules & {"dr_exp.db", "dr_exp.api", "dr_exp.signing", "sqlite3", "logging"}
     code = (
         "import contextlib, io, json, sys\n"
         "from dr_exp.cli import main\n"

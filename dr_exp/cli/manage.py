@@ -14,9 +14,7 @@ from typing import Any, Optional
 import click
 
 import dr_exp.cli.options as o
-from dr_exp import defaults, render
-from dr_exp.api import DEFAULT_CONFIG_DIR
-from dr_exp.db import ON_DUPLICATE
+from dr_exp import defaults, paths, render
 
 CANCELLABLE = ("pending", "running", "cancelling")  # cancelling again waits for the worker
 RETRYABLE = ("failed", "cancelled")
@@ -124,7 +122,7 @@ def priority(selection: o.Selection, set_to: Optional[int], boost: Optional[int]
 @click.option("--config", required=True, help="YAML config file, found under --config-dir.")
 @click.option(
     "--config-dir",
-    default=DEFAULT_CONFIG_DIR,
+    default=paths.DEFAULT_CONFIG_DIR,
     metavar="DIR",
     help="Folder of the configs: under --base-path, else the base path itself, else here.",
 )
@@ -142,7 +140,7 @@ def priority(selection: o.Selection, set_to: Optional[int], boost: Optional[int]
 @click.option("--trainer", metavar="PKG.MOD:FN", help="The trainer function to call.")
 @click.option(
     "--on-duplicate",
-    type=o.Choice(ON_DUPLICATE),
+    type=o.Choice(defaults.ON_DUPLICATE),
     default="retry_failed",
     help="For a job that exists: skip it; queue it again if it failed or was cancelled "
     "(retry_failed); or always add a new job.",

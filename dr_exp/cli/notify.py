@@ -2,12 +2,8 @@
 
 from __future__ import annotations
 
-import logging
-import signal
 import sys
-import threading
 import time
-from collections import Counter
 from typing import Optional
 
 import click
@@ -40,9 +36,11 @@ def notify_run(once: bool, claimed_by: Optional[str], poll: float) -> int:
     from dr_exp import notify as notices
 
     db = o.scope().open_db()
-    logging.basicConfig(
-        level=logging.INFO, format="%(asctime)s [%(name)s] %(message)s", stream=sys.stderr
-    )
+    o.log_to_stderr()
+    import signal
+    import threading
+    from collections import Counter
+
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda _signum, _frame: stop.set())

@@ -26,6 +26,17 @@ from dr_exp.errors import BadInput
 if TYPE_CHECKING:
     from dr_exp.db import JobDB
 
+
+def log_to_stderr() -> None:
+    """Long-running commands (worker, sync run, notify run) log INFO lines to stderr."""
+    import logging
+    import sys
+
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s [%(name)s] %(message)s", stream=sys.stderr
+    )
+
+
 F = TypeVar("F", bound=Callable[..., Any])
 Decorator = Callable[[F], F]
 

@@ -7,8 +7,6 @@ that --db / --base-path name.
 
 from __future__ import annotations
 
-import logging
-import signal
 import sys
 import time
 from pathlib import Path
@@ -146,13 +144,13 @@ def sync_run(once: bool, lease: float, heartbeat: float, poll: float, queue: Opt
     o.check_lease(lease, heartbeat)
     path = o.scope().sync_queue(queue)
     _open(path).close()  # one clear error before any logging
-    logging.basicConfig(
-        level=logging.INFO, format="%(asctime)s [%(name)s] %(message)s", stream=sys.stderr
-    )
+    o.log_to_stderr()
     uploader = Uploader(path, lease_s=lease, heartbeat_s=heartbeat)
 
     def on_signal(signum: int, _frame: object) -> None:
         uploader.stop.set()  # an upload in progress gives its folder back to the queue
+
+    import signal
 
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, on_signal)

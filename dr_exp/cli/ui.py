@@ -8,9 +8,8 @@ Without the extra, each says so in one line.
 from __future__ import annotations
 
 import errno
-import socket
 from pathlib import Path
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
 
 import click
 
@@ -18,11 +17,16 @@ import dr_exp.cli.options as o
 from dr_exp.errors import BadInput, UserError
 from dr_exp.ui import LOOPBACK
 
+if TYPE_CHECKING:
+    import socket
+
 DEFAULT_PORT = 8765
 
 
 def bind(host: str, port: int) -> socket.socket:
     """A socket listening on host:port: a port in use is one line before anything starts."""
+    import socket
+
     try:
         family = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0][0]
     except socket.gaierror as e:

@@ -6,9 +6,7 @@ each command imports its engine only when it runs.
 
 from __future__ import annotations
 
-import logging
 import os
-import sys
 from typing import Any, Optional
 
 import click
@@ -32,12 +30,6 @@ SUPERVISOR_HELP = (
 )
 
 
-def _log_to_stderr() -> None:
-    logging.basicConfig(
-        level=logging.INFO, format="%(asctime)s [%(name)s] %(message)s", stream=sys.stderr
-    )
-
-
 def _run_worker(
     idle_timeout: float,
     grace: float,
@@ -52,7 +44,7 @@ def _run_worker(
     stop_at = o.claim_deadline(max_hours, reserve_minutes, stop_claiming_at)
     from dr_exp.worker import Worker  # imports Hydra: only once the options are good
 
-    _log_to_stderr()
+    o.log_to_stderr()
     scope = o.scope()
     worker = Worker(
         scope.open_db(),
@@ -93,7 +85,7 @@ def launcher(workers_per_gpu: int, **options: Any) -> int:
     settings = _supervisor_settings(**options)
     from dr_exp.supervisor import NodeSupervisor, SupervisorSettings
 
-    _log_to_stderr()
+    o.log_to_stderr()
     scope = o.scope()
     scope.open_db().close()  # fail here, once, rather than in every worker
     return NodeSupervisor(
