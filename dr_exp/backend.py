@@ -15,7 +15,8 @@ The guarantees every implementation keeps:
   ``worker``; otherwise they change nothing and say so (False, or
   ``"lost"``/``"cancelled"``), which makes a stale worker harmless.
 - **Leases.**  A claimed job is the worker's for ``lease_s`` seconds, renewed
-  by ``heartbeat``.  ``reap_expired`` puts a job whose lease ran out back to
+  by ``heartbeat``, or by ``beat``, which records the worker's liveness and
+  telemetry in the same transaction (one write per heartbeat interval).  ``reap_expired`` puts a job whose lease ran out back to
   pending, with one more attempt counted, or fails it after its
   ``max_attempts`` ("lost after N attempts").
 - **Whole batches.**  ``enqueue_batch``, ``cancel``, ``retry`` and
@@ -49,14 +50,26 @@ class JobQueue(Protocol):
 
     # -- the worker's side ------------------------------------------------------------
     def claim(self, worker: str, host: str, **options: Any) -> Optional[Job]:
-        """The next job for ``worker`` (of ``experiment`` only, if given), under a lease of
-        ``lease_s``, after recording ``finished`` (job id, Outcome); None when none is due."""
+        """The next job for ``worker`` (of ``experiment`` only, if given; none of the sweeps
+        in ``skip_sweeps``), under a lease of ``lease_s``, after recording ``finished``
+        (job id, Outcome); None when none is due."""
 
     def has_work(self, experiment: Optional[str] = None) -> bool:
         """Anything to claim or reap?  A read that takes no write lock (idle polling)."""
 
     def heartbeat(self, job_id: int, worker: str, lease_s: float = ...) -> str:
         """Renew the lease: ``ok``, or ``cancelled``/``lost`` when the job is not ours."""
+
+    def beat(
+        self,
+        worker: str,
+        state: str,
+        job: Optional[Job] = None,
+        telemetry: Optional[dict] = None,
+        lease_s: float = ...,
+    ) -> Optional[str]:
+        """One transaction: the worker's liveness and telemetry, and (given ``job``) its lease
+        renewed with ``heartbeat``'s guarantees and answer."""
 
     def set_output_dir(self, job_id: int, worker: str, output_dir: str) -> bool: ...
 

@@ -30,11 +30,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable, Optional, Sequence
 
-from dr_exp import signing
+from dr_exp import paths, signing
 from dr_exp.defaults import (
     FINAL_STATUSES,
     LEASE_S,
     MAX_ATTEMPTS,
+    ON_DUPLICATE,
     PRIORITY,
     PRIORITY_MAX,
     PRIORITY_MIN,
@@ -49,7 +50,6 @@ __all__ = ["JobDB", "Job", "Outcome", "Enqueued", "SweepRow", "STATUSES", "FINAL
 # What a submission does with a job that already exists (same experiment, app and overrides):
 # skip: leave every existing job alone; retry_failed: skip completed, pending and running
 # jobs but queue failed and cancelled ones again; always: insert a new job every time.
-ON_DUPLICATE = ("skip", "retry_failed", "always")
 
 
 def validate_priority(value: Any, what: str = "priority") -> int:
@@ -173,20 +173,60 @@ JOB_SIGNED = tuple(
 _JOB_SIGNED_SQL = ", ".join(JOB_SIGNED)
 
 
+# How often a process that keeps claiming looks for expired leases at the latest, even when
+# no lease it knows of can have run out yet: it must see a job's lease generation once to
+# start that job's clock (see JobDB._expired), so this bounds how late it notices new jobs.
+REAP_SCAN_S = 1.0
+
+_held: dict[tuple, tuple[dict[str, signing.Key], str]] = {}
+
+
+def _keyring() -> tuple[dict[str, signing.Key], str]:
+    """``signing.keyring()``, and its key ids as the JSON list that claims filter on.
+
+    The keyring resolves the key files from the environment and reads them (once: signing
+    keeps each key by path); claims ask for it thousands of times a second, so the answer
+    is kept per value of the environment that decides which files those are.
+    """
+    env = os.environ
+    where = (
+        env.get(paths.ENV_SECRET_KEY_FILE),
+        env.get(paths.ENV_SHARED_KEY_FILE),
+        env.get("XDG_CONFIG_HOME"),
+        env.get("HOME"),
+    )
+    held = _held.get(where)
+    if held is None:
+        ring = signing.keyring()
+        held = _held[where] = (ring, json.dumps(sorted(ring)))
+    return held
+
+
 def _job_signature(fields: dict) -> str:
-    key = signing.keyring().get(fields["key_id"]) or signing.signing_key()
+    key = _keyring()[0].get(fields["key_id"]) or signing.signing_key()
     return signing.sign_fields("job", {k: fields[k] for k in JOB_SIGNED}, key)
 
 
 def _resign_job(conn: sqlite3.Connection, job_id: int) -> None:
     """Sign a job row again after a signed field changed (its folder, its sweep link)."""
-    row = conn.execute(f"SELECT {_JOB_SIGNED_SQL} FROM jobs WHERE id = ?", (job_id,)).fetchone()
+    row = conn.execute(
+        f"SELECT {_JOB_SIGNED_SQL}, signature FROM jobs WHERE id = ?", (job_id,)
+    ).fetchone()
     if row is not None:
-        fields = dict(zip(JOB_SIGNED, row))
-        if fields["key_id"] in signing.keyring():
-            conn.execute(
-                "UPDATE jobs SET signature = ? WHERE id = ?", (_job_signature(fields), job_id)
-            )
+        _resign_row(conn, row)
+
+
+def _resign_row(conn: sqlite3.Connection, row: Sequence[Any]) -> Optional[str]:
+    """Given a job row's JOB_SIGNED fields and then its stored signature (as read, or as
+    an UPDATE ... RETURNING gave them), store the signature those fields need now, unless it
+    is already there; returns the row's signature (None: signed by a key not held here)."""
+    fields = dict(zip(JOB_SIGNED, row))
+    if fields["key_id"] not in _keyring()[0]:
+        return None
+    signature = _job_signature(fields)
+    if signature != row[len(JOB_SIGNED)]:
+        conn.execute("UPDATE jobs SET signature = ? WHERE id = ?", (signature, fields["id"]))
+    return signature
 
 
 def _migrate_to_1(db: Any) -> None:
@@ -405,6 +445,52 @@ def _migrate_to_6(db: Any) -> None:
     db.execute("CREATE INDEX jobs_run_sweep ON jobs(run_sweep_id) WHERE run_sweep_id IS NOT NULL")
 
 
+_COUNT_KEY = "experiment = {row}.experiment AND sweep_id = coalesce({row}.sweep_id, 0) AND status = {row}.status"
+_COUNT_ADD = (
+    "INSERT INTO job_counts (experiment, sweep_id, status, n) "
+    "VALUES (NEW.experiment, coalesce(NEW.sweep_id, 0), NEW.status, 1) "
+    "ON CONFLICT DO UPDATE SET n = n + 1;"
+)
+_COUNT_REMOVE = f"UPDATE job_counts SET n = n - 1 WHERE {_COUNT_KEY.format(row='OLD')};"
+
+
+def _migrate_to_7(db: Any) -> None:
+    """Fewer index pages per claim, and counts that cost nothing to read.
+
+    Every claim rewrites each index that holds a job's status, and at thousands of claims
+    a second the pages each commit writes are the queue's cost.  Three such indexes become
+    one on status alone, which lists by status read in id order (``list --status failed
+    --limit 50``) and the reapers range over for live jobs.  The jobs per experiment,
+    sweep and status (``status``, the dashboard) live in ``job_counts``, kept by triggers
+    in the same transaction as every change, so reading them no longer counts a million
+    index entries.  Ended attempts are indexed by end time alone (the host breaker's
+    question); a running attempt enters that index when it ends.
+    """
+    for name in ("jobs_experiment_status", "jobs_sweep_status", "jobs_live", "attempts_host_ended"):
+        db.execute(f"DROP INDEX IF EXISTS {name}")
+    db.execute("CREATE INDEX jobs_status ON jobs(status)")
+    db.execute(
+        "CREATE INDEX attempts_ended ON attempts(ended, outcome, host) WHERE ended IS NOT NULL"
+    )
+    db.execute(
+        "CREATE TABLE job_counts (experiment TEXT NOT NULL, sweep_id INTEGER NOT NULL, "
+        "status TEXT NOT NULL, n INTEGER NOT NULL, PRIMARY KEY (experiment, sweep_id, status)) "
+        "WITHOUT ROWID"
+    )
+    db.execute(
+        "INSERT INTO job_counts (experiment, sweep_id, status, n) "
+        "SELECT experiment, coalesce(sweep_id, 0), status, count(*) FROM jobs "
+        "GROUP BY experiment, coalesce(sweep_id, 0), status"
+    )
+    db.execute(f"CREATE TRIGGER job_counts_insert AFTER INSERT ON jobs BEGIN {_COUNT_ADD} END")
+    db.execute(f"CREATE TRIGGER job_counts_delete AFTER DELETE ON jobs BEGIN {_COUNT_REMOVE} END")
+    db.execute(
+        "CREATE TRIGGER job_counts_update AFTER UPDATE OF status, experiment, sweep_id ON jobs "
+        "WHEN OLD.status IS NOT NEW.status OR OLD.experiment IS NOT NEW.experiment "
+        f"OR OLD.sweep_id IS NOT NEW.sweep_id BEGIN {_COUNT_REMOVE} {_COUNT_ADD} END"
+    )
+
+
 # MIGRATIONS[i] takes a database at schema version i to version i + 1.
 MIGRATIONS: list[Callable[[Any], None]] = [
     _migrate_to_1,
@@ -413,6 +499,7 @@ MIGRATIONS: list[Callable[[Any], None]] = [
     _migrate_to_4,
     _migrate_to_5,
     _migrate_to_6,
+    _migrate_to_7,
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 
@@ -430,6 +517,8 @@ class JobDB(SQLiteStore):
         super().__init__(path, conn, journal_mode)
         # job id -> (lease generation, when this process first saw it): see _expired
         self._seen: dict[int, tuple[int, float]] = {}
+        self._next_scan = 0.0  # when a lease this process knows of could run out (monotonic)
+        self._claim_sqls: dict[tuple[bool, bool], str] = {}
 
     # -- sweeps ----------------------------------------------------------------
     def add_sweep(
@@ -667,16 +756,34 @@ class JobDB(SQLiteStore):
            SET status = 'running', worker = :worker, host = :host, started = :now,
                ended = NULL, attempts = attempts + 1, lease_expires = :lease_expires,
                lease_s = :lease_s, lease_gen = coalesce(lease_gen, 0) + 1
-         WHERE id = (SELECT id FROM jobs
+         WHERE id = (SELECT id FROM jobs INDEXED BY {index}
                       WHERE status = 'pending' {experiment_filter}
                         AND key_id IN (SELECT value FROM json_each(:keys))
                         AND (next_try IS NULL OR next_try <= :now)
                       ORDER BY priority DESC, id LIMIT 1)
         RETURNING id, experiment, sweep_id, job_num, overrides, attempts, run_sweep_id, output_dir,
-                  identity, key_id, signature
+                  identity, key_id, signature, lease_gen
     """
+    # Jobs whose sweep (the one that runs them: a re-run's, else their own) is to be left alone.
+    _SKIP_SWEEPS = (
+        "AND coalesce(run_sweep_id, sweep_id) NOT IN (SELECT value FROM json_each(:skip))"
+    )
     # A change to a running job: only by the worker that holds it, for the attempt it claimed.
     _MINE = "id = :id AND status IN ('running', 'cancelling') AND worker = :worker AND attempts = :attempt"
+
+    def _claim_sql(self, experiment: bool, skip: bool) -> str:
+        key = (experiment, skip)
+        sql = self._claim_sqls.get(key)
+        if sql is None:
+            where = ("AND experiment = :experiment " if experiment else "") + (
+                self._SKIP_SWEEPS if skip else ""
+            )
+            # Pinned: another index on status must never win the planner's guess (the claim
+            # then sorts every pending row: 13 claims a second at 100,000 rows).
+            index = "jobs_pending_by_experiment" if experiment else "jobs_pending"
+            sql = self.CLAIM_SQL.format(experiment_filter=where, index=index)
+            self._claim_sqls[key] = sql
+        return sql
 
     def claim(
         self,
@@ -685,31 +792,33 @@ class JobDB(SQLiteStore):
         experiment: Optional[str] = None,
         finished: Optional[tuple[Job, Outcome]] = None,
         lease_s: float = LEASE_S,
+        skip_sweeps: Sequence[int] = (),
     ) -> Optional[Job]:
         """Claim the next pending job: highest priority first, FIFO within a priority.
 
         The same transaction records the worker's previous job (``finished``,
-        one commit per job instead of two) and first reaps jobs whose lease
-        expired, so lost jobs go back to the queue without a separate janitor.
+        one commit per job instead of two) and reaps jobs whose lease expired
+        (whenever one could have: see ``_reap``), so lost jobs go back to the
+        queue without a separate janitor.  Jobs of the sweeps in ``skip_sweeps``
+        (the sweep that runs them) stay pending for other workers.
         """
-        sql = self.CLAIM_SQL.format(
-            experiment_filter="AND experiment = :experiment" if experiment else ""
-        )
+        sql = self._claim_sql(bool(experiment), bool(skip_sweeps))
+        params = {
+            "worker": worker,
+            "host": host,
+            "experiment": experiment,
+            "lease_s": lease_s,
+            "keys": _keyring()[1],  # only jobs we can verify
+        }
+        if skip_sweeps:
+            params["skip"] = json.dumps([int(s) for s in skip_sweeps])
 
         def claim(conn: sqlite3.Connection) -> Optional[Job]:
-            now = time.time()
             if finished is not None:
                 self._finish(conn, finished[0], worker, finished[1])
             self._reap(conn)
-            params = {
-                "worker": worker,
-                "host": host,
-                "now": now,
-                "experiment": experiment,
-                "lease_expires": now + lease_s,
-                "lease_s": lease_s,
-                "keys": json.dumps(sorted(signing.keyring())),  # only jobs we can verify
-            }
+            now = params["now"] = time.time()
+            params["lease_expires"] = now + lease_s
             row = conn.execute(sql, params).fetchone()
             if row is None:
                 return None
@@ -717,27 +826,34 @@ class JobDB(SQLiteStore):
                 "INSERT INTO attempts (job_id, attempt, worker, host, started) VALUES (?, ?, ?, ?, ?)",
                 (row[0], row[5], worker, host, now),
             )
+            self._saw_claim(row[0], row[11], lease_s)
             job = Job(row[0], row[1], row[2], row[3], json.loads(row[4]), row[5], row[6])
             job.output_dir, job.signature = row[7], row[10]
-            stored = dict(zip(("id", "experiment", "sweep_id", "job_num", "overrides"), row))
-            job.signed = dict(
-                stored, run_sweep_id=row[6], output_dir=row[7], identity=row[8], key_id=row[9]
-            )
+            job.signed = {
+                "id": row[0],
+                "experiment": row[1],
+                "sweep_id": row[2],
+                "job_num": row[3],
+                "overrides": row[4],
+                "run_sweep_id": row[6],
+                "output_dir": row[7],
+                "identity": row[8],
+                "key_id": row[9],
+            }
             if job.run_sweep_id is not None:
-                job.sweep_dir, job.sweep_subdir = self._first_folder(conn, job.id, job.sweep_id)
+                job.sweep_dir, job.sweep_subdir = self._first_folder(conn, row[7], job.sweep_id)
             return job
 
         return self.write(claim)
 
     @staticmethod
     def _first_folder(
-        conn: sqlite3.Connection, job_id: int, sweep_id: int
+        conn: sqlite3.Connection, ran_in: Optional[str], sweep_id: int
     ) -> tuple[Optional[str], Optional[str]]:
-        """Where a re-queued job writes again: the folder it ran in before, split into
-        (sweep dir, subdir); else its first sweep's folder (absolute) and no subdir."""
-        ran_in = conn.execute("SELECT output_dir FROM jobs WHERE id = ?", (job_id,)).fetchone()
-        if ran_in and ran_in[0]:
-            return os.path.dirname(ran_in[0]), os.path.basename(ran_in[0])
+        """Where a re-queued job writes again: the folder it ran in before (``ran_in``),
+        split into (sweep dir, subdir); else its first sweep's folder (absolute), no subdir."""
+        if ran_in:
+            return os.path.dirname(ran_in), os.path.basename(ran_in)
         row = conn.execute("SELECT cwd, sweep_dir FROM sweeps WHERE id = ?", (sweep_id,)).fetchone()
         if row is None or not row[1]:
             return None, None
@@ -767,6 +883,12 @@ class JobDB(SQLiteStore):
         hosts would let a node whose clock is ahead reap a healthy job; a generation
         that stood still for ``lease_s`` here means its worker really stopped renewing.
         A process that has just started therefore waits one lease before it reaps.
+
+        Each look also says when the next one is worth taking (``_next_scan``): when the
+        first lease seen could run out, and at the latest after ``REAP_SCAN_S``, which
+        bounds how late this process first sees a generation.  Looking less often only
+        ever reaps later, never earlier: a job is reaped when two looks at least its lease
+        apart found the same generation.
         """
         now = time.monotonic()
         rows = conn.execute(
@@ -775,6 +897,7 @@ class JobDB(SQLiteStore):
         ).fetchall()
         seen, self._seen = self._seen, {}
         expired = []
+        next_scan = now + REAP_SCAN_S
         for row in rows:
             job_id, gen, lease_s = row[0], row[1], row[2] or LEASE_S
             first = seen.get(job_id)
@@ -782,11 +905,22 @@ class JobDB(SQLiteStore):
             self._seen[job_id] = (gen, since)
             if now - since >= lease_s:
                 expired.append(row)
+            next_scan = min(next_scan, since + lease_s)  # past for an expired one: due now
+        self._next_scan = next_scan
         return expired
 
-    def _reap(self, conn: sqlite3.Connection) -> list[int]:
+    def _saw_claim(self, job_id: int, gen: int, lease_s: float) -> None:
+        """This process claimed the job at generation ``gen``: a sighting of it, now."""
+        now = time.monotonic()
+        self._seen[job_id] = (gen, now)
+        self._next_scan = min(self._next_scan, now + (lease_s or LEASE_S))
+
+    def _reap(self, conn: sqlite3.Connection, force: bool = False) -> list[int]:
         """Requeue (or fail, past max_attempts) running jobs whose lease expired; a job
-        being cancelled whose worker is gone becomes cancelled."""
+        being cancelled whose worker is gone becomes cancelled.  Unless ``force``d, only
+        when a lease could have run out since the last look (see ``_expired``)."""
+        if not force and time.monotonic() < self._next_scan:
+            return []
         now = time.time()
         reaped = []
         for job_id, gen, _, attempts, max_attempts, worker, status in self._expired(conn):
@@ -821,25 +955,43 @@ class JobDB(SQLiteStore):
 
     def reap_expired(self) -> list[int]:
         """Reap expired leases now (claims do this too); returns the reaped job ids."""
-        return self.write(self._reap)
+        return self.write(lambda conn: self._reap(conn, force=True))
+
+    def _renew(self, conn: sqlite3.Connection, job: Job, worker: str, lease_s: float) -> str:
+        mine = {"id": job.id, "worker": worker, "attempt": job.attempts}
+        row = conn.execute(
+            "UPDATE jobs SET lease_gen = lease_gen + 1, lease_expires = :expires "
+            f"WHERE {self._MINE} RETURNING status",
+            dict(mine, expires=time.time() + lease_s),
+        ).fetchone()
+        if row is not None:
+            return "ok" if row[0] == "running" else "cancelling"
+        self._end_attempt(conn, job.id, worker, "lost")
+        return "lost"
 
     def heartbeat(self, job: Job, worker: str, lease_s: float = LEASE_S) -> str:
         """Renew the lease on a running job: ``ok``; ``cancelling`` when the job is to be
         stopped (cancelled); ``lost`` when it is no longer ours."""
+        return self.write(lambda conn: self._renew(conn, job, worker, lease_s))
 
-        def renew(conn: sqlite3.Connection) -> str:
-            mine = {"id": job.id, "worker": worker, "attempt": job.attempts}
-            row = conn.execute(
-                "UPDATE jobs SET lease_gen = lease_gen + 1, lease_expires = :expires "
-                f"WHERE {self._MINE} RETURNING status",
-                dict(mine, expires=time.time() + lease_s),
-            ).fetchone()
-            if row is not None:
-                return "ok" if row[0] == "running" else "cancelling"
-            self._end_attempt(conn, job.id, worker, "lost")
-            return "lost"
+    def beat(
+        self,
+        worker: str,
+        state: str,
+        job: Optional[Job] = None,
+        telemetry: Optional[dict] = None,
+        lease_s: float = LEASE_S,
+    ) -> Optional[str]:
+        """A worker's whole heartbeat in one transaction: its liveness, state and GPU
+        telemetry in the registry, and (given its running ``job``) the job's lease renewed
+        exactly as ``heartbeat`` does it, whose answer it returns (None without a job)."""
 
-        return self.write(renew)
+        def beat(conn: sqlite3.Connection) -> Optional[str]:
+            answer = self._renew(conn, job, worker, lease_s) if job is not None else None
+            self._worker_beat(conn, worker, state, job.id if job is not None else None, telemetry)
+            return answer
+
+        return self.write(beat)
 
     def has_work(self, experiment: Optional[str] = None) -> bool:
         """Anything to claim or reap?  Plain reads: idle workers poll without the write lock."""
@@ -847,7 +999,7 @@ class JobDB(SQLiteStore):
             "SELECT 1 FROM jobs WHERE status = 'pending' "
             "AND key_id IN (SELECT value FROM json_each(?))"
         )
-        params: tuple = (json.dumps(sorted(signing.keyring())),)
+        params: tuple = (_keyring()[1],)
         if experiment:
             sql, params = sql + " AND experiment = ?", params + (experiment,)
         if self.rows(sql + " LIMIT 1", params):
@@ -855,16 +1007,32 @@ class JobDB(SQLiteStore):
         return bool(self._undamaged(lambda: retry_busy(lambda: self._expired(self.conn))))
 
     def set_output_dir(self, job: Job, worker: str, output_dir: str) -> bool:
+        """Record the job's folder (fenced); re-signs the row only when the folder changed."""
         mine = {"id": job.id, "worker": worker, "attempt": job.attempts, "dir": output_dir}
-        sql = f"UPDATE jobs SET output_dir = :dir WHERE {self._MINE}"
+        sql = (
+            f"UPDATE jobs SET output_dir = :dir WHERE {self._MINE} "
+            f"RETURNING {_JOB_SIGNED_SQL}, signature"
+        )
 
         def update(conn: sqlite3.Connection) -> bool:
-            if conn.execute(sql, mine).rowcount != 1:
+            row = conn.execute(sql, mine).fetchone()
+            if row is None:
                 return False
-            _resign_job(conn, job.id)  # the folder decides where a re-run writes: signed
+            signature = _resign_row(conn, row)  # the folder decides where a re-run writes
+            if signature is not None:  # the job's copy of its signed fields stays true
+                job.signed, job.signature = dict(job.signed, output_dir=output_dir), signature
             return True
 
         return self.write(update)
+
+    _FINISH_SQL = (
+        "UPDATE jobs SET status = :status, ended = :ended, return_value = :ret, "
+        "error = :error, failure = :failure, next_try = :next_try, "
+        "output_dir = coalesce(:dir, output_dir), lease_expires = NULL, "
+        "worker = CASE WHEN :retry THEN NULL ELSE worker END, "
+        "host = CASE WHEN :retry THEN NULL ELSE host END "
+        f"WHERE {_MINE} RETURNING {_JOB_SIGNED_SQL}, signature"
+    )
 
     def _finish(self, conn: sqlite3.Connection, job: Job, worker: str, outcome: Outcome) -> bool:
         """Record how a run ended.  A job being cancelled that finished first is recorded
@@ -873,13 +1041,8 @@ class JobDB(SQLiteStore):
             raise BadInput(f"a run ends completed or failed, not {outcome.status!r}")
         now = time.time()
         retry = outcome.status == "failed" and outcome.retry_after is not None
-        changed = conn.execute(
-            "UPDATE jobs SET status = :status, ended = :ended, return_value = :ret, "
-            "error = :error, failure = :failure, next_try = :next_try, "
-            "output_dir = coalesce(:dir, output_dir), lease_expires = NULL, "
-            "worker = CASE WHEN :retry THEN NULL ELSE worker END, "
-            "host = CASE WHEN :retry THEN NULL ELSE host END "
-            f"WHERE {self._MINE}",
+        row = conn.execute(
+            self._FINISH_SQL,
             {
                 "status": "pending" if retry else outcome.status,
                 "ended": None if retry else now,
@@ -893,18 +1056,19 @@ class JobDB(SQLiteStore):
                 "worker": worker,
                 "attempt": job.attempts,
             },
-        ).rowcount
-        if changed == 1:
-            self._end_attempt(conn, job.id, worker, outcome.status, outcome.error, outcome.failure)
-            if outcome.output_dir:
-                _resign_job(conn, job.id)
-        if changed == 1 and outcome.result_signature is not None:
+        ).fetchone()
+        if row is None:
+            return False
+        self._end_attempt(conn, job.id, worker, outcome.status, outcome.error, outcome.failure)
+        if outcome.output_dir and outcome.output_dir != job.signed.get("output_dir"):
+            _resign_row(conn, row)  # the folder is signed: sign the row again
+        if outcome.result_signature is not None:
             conn.execute(
                 "INSERT OR REPLACE INTO results (job_id, payload, signature, path) "
                 "VALUES (?, ?, ?, ?)",
                 (job.id, outcome.result_blob, outcome.result_signature, outcome.result_path),
             )
-        return changed == 1
+        return True
 
     def finish(self, job: Job, worker: str, outcome: Outcome) -> bool:
         """Record how a run ended; False when this worker no longer owns the job."""
@@ -962,21 +1126,30 @@ class JobDB(SQLiteStore):
     def worker_heartbeat(
         self, worker: str, state: str, job_id: Optional[int], telemetry: Optional[dict] = None
     ) -> None:
+        """The registry's part of a heartbeat alone (``beat`` renews a lease with it)."""
+        self.write(lambda conn: self._worker_beat(conn, worker, state, job_id, telemetry))
+
+    @staticmethod
+    def _worker_beat(
+        conn: sqlite3.Connection,
+        worker: str,
+        state: str,
+        job_id: Optional[int],
+        telemetry: Optional[dict],
+    ) -> None:
         t = telemetry or {}
-        self.write(
-            lambda conn: conn.execute(
-                "UPDATE workers SET heartbeat = ?, state = ?, job_id = ?, gpu_util = ?, "
-                "gpu_mem_used_mb = ?, gpu_mem_total_mb = ? WHERE id = ?",
-                (
-                    time.time(),
-                    state,
-                    job_id,
-                    t.get("gpu_util"),
-                    t.get("gpu_mem_used_mb"),
-                    t.get("gpu_mem_total_mb"),
-                    worker,
-                ),
-            )
+        conn.execute(
+            "UPDATE workers SET heartbeat = ?, state = ?, job_id = ?, gpu_util = ?, "
+            "gpu_mem_used_mb = ?, gpu_mem_total_mb = ? WHERE id = ?",
+            (
+                time.time(),
+                state,
+                job_id,
+                t.get("gpu_util"),
+                t.get("gpu_mem_used_mb"),
+                t.get("gpu_mem_total_mb"),
+                worker,
+            ),
         )
 
     def host_record(self, host: str, since: float) -> dict[str, int]:
@@ -1060,10 +1233,11 @@ class JobDB(SQLiteStore):
         return {r["id"]: r for r in rows}
 
     def status_counts(self, experiment: Optional[str] = None) -> list[dict]:
+        """Jobs per experiment and status, from ``job_counts`` (a few rows per sweep)."""
         where, params = ("WHERE experiment = ?", (experiment,)) if experiment else ("", ())
         return self.rows(
-            f"SELECT experiment, status, count(*) AS n FROM jobs {where} "
-            "GROUP BY experiment, status ORDER BY experiment, status",
+            f"SELECT experiment, status, sum(n) AS n FROM job_counts {where} "
+            "GROUP BY experiment, status HAVING sum(n) > 0 ORDER BY experiment, status",
             params,
         )
 
@@ -1102,10 +1276,13 @@ class JobDB(SQLiteStore):
             params.append(experiment)
         where = ("WHERE " + " AND ".join(clauses)) if clauses else ""
         tail = f" LIMIT {int(limit)}" if limit else ""
+        # By status alone the status index reads in id order (LIMIT n reads n entries); the
+        # planner would rather guess the experiment's index and read all its rows.
+        by = " INDEXED BY jobs_status" if statuses and ids is None and sweep_ids is None else ""
         rows = self.rows(
             "SELECT id, experiment, sweep_id, job_num, status, priority, tags, overrides, "
             "attempts, worker, host, created, started, ended, output_dir, return_value, error, "
-            f"failure FROM jobs {where} ORDER BY id{tail}",
+            f"failure FROM jobs{by} {where} ORDER BY id{tail}",
             params,
         )
         for r in rows:
@@ -1299,8 +1476,9 @@ class JobDB(SQLiteStore):
     def sweep_counts(self, experiment: Optional[str] = None) -> list[dict]:
         """Jobs per sweep and status: the progress of each sweep on the overview page."""
         return self.rows(
-            "SELECT sweep_id, status, count(*) AS n FROM jobs "
-            "WHERE :experiment IS NULL OR experiment = :experiment GROUP BY sweep_id, status",
+            "SELECT nullif(sweep_id, 0) AS sweep_id, status, sum(n) AS n FROM job_counts "
+            "WHERE :experiment IS NULL OR experiment = :experiment GROUP BY sweep_id, status "
+            "HAVING sum(n) > 0",
             {"experiment": experiment},
         )
 
@@ -1362,14 +1540,15 @@ class JobDB(SQLiteStore):
         where = ("WHERE " + " AND ".join(clauses)) if clauses else ""
         way = "DESC" if descending else "ASC"
         order = f"id {way}" if sort == "id" else f"{sort} {way}, id {way}"
+        by = " INDEXED BY jobs_status" if statuses and sweep_ids is None else ""  # see list_jobs
         rows = self.rows(
             "SELECT id, experiment, sweep_id, job_num, status, priority, tags, overrides, "
             "attempts, worker, host, created, started, ended, output_dir, return_value, error, "
-            f"failure FROM jobs WHERE id IN (SELECT id FROM jobs {where} ORDER BY {order} "
+            f"failure FROM jobs WHERE id IN (SELECT id FROM jobs{by} {where} ORDER BY {order} "
             f"LIMIT :limit OFFSET :offset) ORDER BY {order}",
             params,
         )
-        total = self.rows(f"SELECT count(*) AS n FROM jobs {where}", params)[0]["n"]
+        total = self.rows(f"SELECT count(*) AS n FROM jobs{by} {where}", params)[0]["n"]
         for r in rows:
             r["tags"] = json.loads(r["tags"] or "[]")
             r["overrides"] = json.loads(r["overrides"] or "[]")
@@ -1571,6 +1750,97 @@ class JobDB(SQLiteStore):
             "AND (:experiment IS NULL OR experiment = :experiment)",
             {"since": since, "experiment": experiment},
         )[0]
+
+    # -- allocations that fit their work (dr_exp.allocation) -------------------------
+    DURATION_SAMPLE = 101  # a sweep's learned duration: the median of its latest completions
+
+    def sweep_durations(self, experiment: Optional[str] = None) -> dict[int, Optional[float]]:
+        """Each sweep that has pending jobs (the sweep that runs them: a re-run's, else
+        their own) -> the seconds its jobs are expected to take: its ``expected_minutes``
+        setting, else the median duration (ended - started) of up to DURATION_SAMPLE of its
+        completed jobs, else None (unknown).  Reads ``job_counts`` and bounded index ranges
+        only, so it stays cheap on a 100k-job queue (workers call it every 30 s or so)."""
+        scope = {"experiment": experiment}
+        counts = self.rows(
+            "SELECT sweep_id, status, sum(n) AS n FROM job_counts "
+            "WHERE :experiment IS NULL OR experiment = :experiment GROUP BY sweep_id, status",
+            scope,
+        )
+        pending = {r["sweep_id"] for r in counts if r["status"] == "pending" and r["n"] > 0}
+        completed = {r["sweep_id"] for r in counts if r["status"] == "completed" and r["n"] > 0}
+        size: dict[int, int] = {}
+        for r in counts:
+            size[r["sweep_id"]] = size.get(r["sweep_id"], 0) + r["n"]
+        all_completed = sum(r["n"] for r in counts if r["status"] == "completed")
+        rerun = {  # jobs a re-run took over: counted under their first sweep
+            r["s"]
+            for r in self.rows(
+                "SELECT DISTINCT run_sweep_id AS s FROM jobs WHERE run_sweep_id IS NOT NULL "
+                "AND +status = 'pending' AND (:experiment IS NULL OR experiment = :experiment)",
+                scope,
+            )
+        }
+        wanted = sorted((pending | rerun) - {0})
+        if not wanted:
+            return {}
+        minutes = {
+            r["id"]: r["m"]
+            for r in self.rows(
+                "SELECT id, json_extract(settings, '$.expected_minutes') AS m FROM sweeps "
+                "WHERE id IN (SELECT value FROM json_each(?))",
+                (json.dumps(wanted),),
+            )
+        }
+        # A unary + keeps the planner off one index: walk the sweep's own rows, or the
+        # completed jobs (the fewer rows: a fresh 100k-job sweep with 3 completed).
+        sample = (
+            "SELECT ended - started AS d FROM jobs WHERE {which} AND run_sweep_id IS NULL "
+            "AND {status} = 'completed' AND ended IS NOT NULL AND started IS NOT NULL LIMIT :n"
+        )
+        by_sweep = sample.format(which="sweep_id = :s", status="+status")
+        by_status = sample.format(which="+sweep_id = :s", status="status")
+        taken_over = (
+            "SELECT ended - started AS d FROM jobs WHERE run_sweep_id = :s "
+            "AND +status = 'completed' AND ended IS NOT NULL AND started IS NOT NULL LIMIT :n"
+        )
+        out: dict[int, Optional[float]] = {}
+        for sweep in wanted:
+            m = minutes.get(sweep)
+            if isinstance(m, (int, float)) and m > 0:
+                out[sweep] = float(m) * 60.0
+                continue
+            found: list[dict] = []
+            params = {"s": sweep, "n": self.DURATION_SAMPLE}
+            if sweep in completed:
+                own = by_status if all_completed < size.get(sweep, 0) else by_sweep
+                found += self.rows(own, params)
+            found += self.rows(taken_over, params)
+            durations = sorted(r["d"] for r in found if r["d"] is not None and r["d"] >= 0)
+            n = len(durations)
+            out[sweep] = (
+                None
+                if n == 0
+                else durations[n // 2]
+                if n % 2
+                else (durations[n // 2 - 1] + durations[n // 2]) / 2
+            )
+        return out
+
+    def note_worker_exit(self, worker: str, why: str) -> None:
+        """Why a worker exits (too little time left for any pending job), for the registry."""
+        self.write(
+            lambda conn: conn.execute("UPDATE workers SET detail = ? WHERE id = ?", (why, worker))
+        )
+
+    def completed_by_supervisor(self, supervisor: str, host: str, since: float) -> int:
+        """Jobs that the workers of node supervisor ``supervisor`` completed since ``since``
+        (a requeued allocation that completed none would loop: it is not requeued again)."""
+        return self.rows(
+            "SELECT count(*) AS n FROM attempts WHERE host = :host AND ended >= :since "
+            "AND outcome = 'completed' AND worker IN "
+            "(SELECT id FROM workers WHERE supervisor = :supervisor)",
+            {"host": host, "since": since, "supervisor": supervisor},
+        )[0]["n"]
 
 
 def _insert(conn: sqlite3.Connection, table: str, rows: list[dict], replace: bool = False) -> int:

@@ -31,8 +31,9 @@ def explain(db: JobDB, sql: str, params=()) -> list[str]:
 
 
 def claim_sql(by_experiment: bool) -> str:
+    index = "jobs_pending_by_experiment" if by_experiment else "jobs_pending"
     return JobDB.CLAIM_SQL.format(
-        experiment_filter="AND experiment = :experiment" if by_experiment else ""
+        experiment_filter="AND experiment = :experiment" if by_experiment else "", index=index
     )
 
 
@@ -150,8 +151,15 @@ def test_claim_and_status_use_indexes(tmp_path: Path) -> None:
     assert any(
         "USING INDEX jobs_pending_by_experiment" in d for d in explain(db, claim_sql(True), params)
     )
-    plan = explain(db, "SELECT experiment, status, count(*) FROM jobs GROUP BY experiment, status")
-    assert any("COVERING INDEX jobs_experiment_status" in d for d in plan)
+    # Counts come from job_counts (kept by triggers), never from counting the jobs.
+    plan = explain(
+        db, "SELECT experiment, status, sum(n) FROM job_counts GROUP BY experiment, status"
+    )
+    assert not any("jobs" in d.split() for d in plan), plan
+    # Lists by status read the status index in id order: LIMIT 50 reads 50 entries.
+    plan = explain(db, "SELECT * FROM jobs WHERE status IN (?) ORDER BY id LIMIT 50", ("failed",))
+    assert any("USING INDEX jobs_status" in d for d in plan), plan
+    assert not any("TEMP B-TREE" in d for d in plan), plan
 
 
 def test_claim_stays_indexed_with_many_finished_rows(tmp_path: Path) -> None:
