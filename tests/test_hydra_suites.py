@@ -98,7 +98,14 @@ def test_plugin_discovery_imports_nothing_heavy() -> None:
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     imported = [m for m in out.stdout.strip().split(",") if m]
-    light = {"dr_exp", "dr_exp.config", "dr_exp.defaults", "dr_exp.failures", "dr_exp.paths"}
+    light = {
+        "dr_exp",
+        "dr_exp.config",
+        "dr_exp.defaults",
+        "dr_exp.failures",
+        "dr_exp.sweeper_config",
+        "dr_exp.paths",
+    }
     assert "dr_exp.config" in imported and set(imported) <= light, imported
 
 
