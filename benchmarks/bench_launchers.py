@@ -47,6 +47,8 @@ SWEEP_LAUNCHERS: Dict[str, List[str]] = {
     # gpus_per_node=0: run on the CPU (CUDA_VISIBLE_DEVICES="") whatever the machine has.
     "submitit_local": ["hydra/launcher=submitit_local", "hydra.launcher.gpus_per_node=0"],
     "dr_exp": ["hydra/launcher=dr_exp", "hydra.launcher.workers=2"],
+    # with its sweeper, which validates each distinct value instead of composing every job
+    "dr_exp+sweeper": ["hydra/launcher=dr_exp", "hydra.launcher.workers=2", "hydra/sweeper=dr_exp"],
 }
 
 # Part B: the basic launcher running the jobs vs dr_exp only queueing them.
@@ -171,7 +173,7 @@ def verify_ran(name: str, workdir: Path, jobs: int) -> None:
             f"{name}: expected {jobs} job folders under {workdir / 'sweep'}, found {found}; "
             f"output in {workdir / 'output.log'}"
         )
-    if name == "dr_exp":
+    if name.startswith("dr_exp"):
         done = dr_exp_count(workdir, "completed")
         if done != jobs:
             raise BenchError(f"{name}: {done} of {jobs} jobs completed in {workdir / 'jobs.db'}")
@@ -279,11 +281,12 @@ def sweep_section(results: Dict[str, Timings], jobs: int, repeats: int) -> str:
         )
     rows.append("\nCommands:\n")
     rows += [f"- {t.launcher}: `{t.command}`" for t in results.values()]
-    if "dr_exp" in results:
-        rows.append(
-            f"\ndr_exp / basic = {ratio(results['dr_exp'], basic)}, "
-            f"dr_exp / joblib = {ratio(results['dr_exp'], joblib)}"
-        )
+    for name in ("dr_exp", "dr_exp+sweeper"):
+        if name in results:
+            rows.append(
+                f"\n{name} / basic = {ratio(results[name], basic)}, "
+                f"{name} / joblib = {ratio(results[name], joblib)}"
+            )
     if "submitit_local" in results:
         rows.append(
             "\nNote: submitit_local's local executor starts every job of the array as its own "

@@ -70,6 +70,10 @@ class DrExpSlurmConf(BaseQueueConf):
     additional_parameters: Dict[str, Any] = field(default_factory=dict)
     array_parallelism: int = defaults.ARRAY_PARALLELISM
     setup: Optional[List[str]] = None
+    # true: an array task whose time runs out (SLURM's warning signal, signal_delay_s before
+    # the limit, or too little time left for any pending job) while work remains puts its
+    # jobs back and requeues itself (scontrol requeue), so a fresh allocation goes on.
+    requeue: bool = False
 
 
 # hydra-submitit-launcher's shared keys, passed to submitit without a "slurm_" prefix.
@@ -156,6 +160,14 @@ class DrExpLauncherConf:
     # sweep folder when the sweep is submitted; its jobs import from the copy.
     snapshot_code: bool = False
     snapshot_glob: Optional[str] = None
+    # Load the sweep once per worker in a fork server, and fork each job from it (jobs
+    # still see the project's files as they are when they start; see dr_exp.forkserver).
+    # false: each job's process is forked from the worker and loads the sweep itself.
+    fork_server: bool = True
+    # Minutes one job is expected to take; null: the median of the sweep's completed jobs
+    # (unknown until one completes).  A worker does not claim a job that would not end
+    # before its allocation does (SLURM's time limit, or --max-hours).
+    expected_minutes: Optional[float] = None
 
 
 def _at_least(value: Any, low: float, key: str, what: str) -> list[str]:
@@ -187,6 +199,16 @@ def check(conf: DrExpLauncherConf) -> list[str]:
             f"idle_timeout: must be a finite number of seconds, got {conf.idle_timeout}"
         )
     problems += _at_least(conf.retry_backoff_s, 0, "retry_backoff_s", "0 or more seconds")
+    problems += _at_least(conf.slurm.signal_delay_s, 0, "slurm.signal_delay_s", "0 or more seconds")
+    if conf.slurm.requeue and conf.slurm.signal_delay_s >= conf.slurm.timeout_min * 60:
+        problems.append(
+            f"slurm.signal_delay_s: SLURM's warning ({conf.slurm.signal_delay_s} s before the end) "
+            f"would come at the start of a {conf.slurm.timeout_min}-minute allocation; with "
+            "slurm.requeue it must be shorter than slurm.timeout_min"
+        )
+    minutes = conf.expected_minutes
+    if minutes is not None and not 0 < minutes < float("inf"):
+        problems.append(f"expected_minutes: must be more than 0 minutes, or null, got {minutes}")
     retry = conf.retry if isinstance(conf.retry, dict) else {}
     if conf.retry is not None and not isinstance(conf.retry, dict):
         problems.append(f"retry: must be a mapping like {{oom: 1}}, got {conf.retry!r}")

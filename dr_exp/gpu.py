@@ -32,11 +32,17 @@ class GpuTelemetry:
 
     Returns {} on a CPU-only machine (no driver, no library, no visible GPU),
     so heartbeats simply carry no GPU columns there.
+
+    The first read returns {} without touching NVML: it comes with the worker's first
+    claim, and ``nvmlInit`` (tens of ms, seconds on a node without the persistence
+    daemon) would delay the first job's start.  NVML starts at the next heartbeat,
+    while the job runs in its own process.
     """
 
     def __init__(self) -> None:
         self._handle: object = None
         self._failed = False
+        self._deferred = False  # the first read has been answered without NVML
 
     def _device(self) -> object:
         if self._handle is not None or self._failed:
@@ -58,6 +64,9 @@ class GpuTelemetry:
         return self._handle
 
     def read(self) -> dict:
+        if not self._deferred:
+            self._deferred = True
+            return {}
         handle = self._device()
         if handle is None:
             return {}

@@ -51,6 +51,9 @@ class HydraSweep(JobContext):
         self.want_returns = row.want_returns
         self.settings = row.settings
         self.row = row
+        self._loaded: Optional[SweepPayload] = None  # in a fork server, after load()
+        self._load_error: Optional[BaseException] = None
+        self._composer: Any = None
 
     @classmethod
     def from_sweep(cls, row: SweepRow) -> HydraSweep:
@@ -85,8 +88,31 @@ class HydraSweep(JobContext):
         Singleton.set_state({**sweep.singleton_state, "instances": instances})
         return sweep
 
-    def run(self, job: Job, report: Callable[[dict], None]) -> dict:
-        """Compose the job's config, call Hydra's ``run_job`` and describe the result."""
+    def load(self) -> None:
+        """In the fork server: unpickle once, and keep a composer for the sweep's jobs."""
+        from dr_exp.compose import SweepComposer
+
+        try:
+            os.chdir(self.cwd)
+            self._loaded = self._load()
+            self._composer = SweepComposer(
+                self._loaded.hydra_context.config_loader, self._loaded.config
+            )
+        except BaseException as exc:  # noqa: B036 - each job reports it, as without a server
+            self._load_error = exc
+
+    def prepare(self, job: Job) -> Any:
+        """In the fork server: the job's composed config (or the error composing it)."""
+        if self._load_error is not None:
+            return self._load_error
+        try:
+            return self._composer.compose(list(job.overrides))
+        except BaseException as exc:  # noqa: B036 - the job's process reports it
+            return exc
+
+    def run(self, job: Job, report: Callable[[dict], None], prepared: Any = None) -> dict:
+        """Compose the job's config (or take the fork server's), call Hydra's ``run_job``
+        and describe the result."""
         from hydra.core.hydra_config import HydraConfig
         from hydra.core.utils import JobStatus, run_job
         from omegaconf import OmegaConf, open_dict
@@ -94,12 +120,19 @@ class HydraSweep(JobContext):
         output_dir: Optional[str] = None
         try:
             os.chdir(self.cwd)  # before unpickling: the submitter's relative sys.path entries
-            sweep = self._load()
+            if isinstance(prepared, BaseException):
+                if self._loaded is None:  # the sweep itself did not load
+                    raise prepared
+            sweep = self._loaded or self._load()
             callbacks = getattr(sweep.hydra_context.callbacks, "callbacks", None) or []
             report({"sync": sync_settings(callbacks)})  # for a job that dies before on_job_end
-            sweep_config = sweep.hydra_context.config_loader.load_sweep_config(
-                sweep.config, list(job.overrides)
-            )
+            if isinstance(prepared, BaseException):
+                raise prepared
+            sweep_config = prepared
+            if sweep_config is None:
+                sweep_config = sweep.hydra_context.config_loader.load_sweep_config(
+                    sweep.config, list(job.overrides)
+                )
             with open_dict(sweep_config):
                 sweep_config.hydra.job.id = job.id
                 sweep_config.hydra.job.num = job.job_num

@@ -26,6 +26,7 @@ from dr_exp.errors import UserError
 from dr_exp.hydra_sweep import SweepPayload
 from dr_exp.local import LocalWorkers, default_worker_count, log_tail
 from dr_exp.progress import Progress
+from dr_exp.sweeper_config import SWEEPER_TARGET
 from dr_exp.sync.callback import attach_callback
 from dr_exp.sync.callback import validate_settings as validate_sync_settings
 from dr_exp.utils import import_function
@@ -33,6 +34,7 @@ from dr_exp.utils import import_function
 log = logging.getLogger("dr_exp")
 
 BASIC_SWEEPER = "hydra._internal.core_plugins.basic_sweeper.BasicSweeper"
+LISTED_MAX = 100  # jobs of a launch batch listed one per line, as Hydra's launchers list them
 
 
 class SettingsError(CompactHydraException, ValueError):
@@ -86,7 +88,7 @@ class Multirun:
         self.sweep_id: Optional[int] = None
         self.workers: Optional[LocalWorkers] = None
         sweeper = str(config.hydra.sweeper.get("_target_", BASIC_SWEEPER))
-        if not settings.wait and sweeper != BASIC_SWEEPER:
+        if not settings.wait and sweeper not in (BASIC_SWEEPER, SWEEPER_TARGET):
             raise SettingsError(
                 f"hydra.launcher.wait=false returns before jobs run, but {sweeper.rsplit('.', 1)[-1]} "
                 "reads job results; use hydra.launcher.wait=true with it"
@@ -136,13 +138,17 @@ class Multirun:
             ids = done.ids
             experiment = self.settings.experiment
             log.info(f"dr_exp: {_summary(done)} for experiment '{experiment}' in {db.path}")
-            for (num, overrides), job_id, action in zip(numbered, ids, done.actions):
+            shown = zip(numbered[:LISTED_MAX], ids, done.actions)
+            for (num, overrides), job_id, action in shown:
                 note = (
                     ""
                     if action == "queued"
                     else f" ({_ACTION_NOTES.get(action, 'skipped: ' + action)}, job {job_id})"
                 )
                 log.info(f"\t#{num} : {' '.join(filter_overrides(overrides))}{note}")
+            if len(numbered) > LISTED_MAX:
+                more = len(numbered) - LISTED_MAX
+                log.info(f"\t... and {more:,} more: dr_exp list --sweep {self.sweep_id}")
             jobfiles.append_manifest(
                 Path(str(self.config.hydra.sweep.dir)),
                 [
@@ -235,6 +241,8 @@ class Multirun:
                 "on_sweep_end": self.settings.on_sweep_end,
                 "retry": dict(self.settings.retry or {}),
                 "retry_backoff_s": self.settings.retry_backoff_s,
+                "fork_server": self.settings.fork_server,  # dr_exp.forkserver
+                "expected_minutes": self.settings.expected_minutes,  # dr_exp.allocation
                 "snapshot": snap.settings() if snap else None,
             },
         )

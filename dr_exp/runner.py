@@ -78,12 +78,20 @@ def die_with_parent(parent_pid: int) -> None:
         os._exit(70)
 
 
-def child_main(ctx: JobContext, job: Job, fd: int, parent_pid: int) -> None:
+def child_main(
+    ctx: JobContext,
+    job: Job,
+    fd: int,
+    parent_pid: int,
+    prepared: Any = None,
+    clear_atexit: bool = True,
+) -> None:
     """Entry point of the forked job process; never returns.
 
     The job's own ``atexit`` handlers run when it ends, as they would when its
     process exits under the basic launcher (wandb and mlflow close runs there);
-    the worker's handlers, inherited through the fork, do not.
+    the worker's handlers, inherited through the fork, do not (a fork server
+    cleared them already, and keeps those its sweep's imports registered).
     """
     code = 0
     try:
@@ -92,8 +100,9 @@ def child_main(ctx: JobContext, job: Job, fd: int, parent_pid: int) -> None:
         for sig in FORWARDED_SIGNALS:
             signal.signal(sig, signal.SIG_DFL)
         signal.set_wakeup_fd(-1)
-        atexit._clear()
-        result = ctx.run(job, lambda m: send_frame(fd, m))
+        if clear_atexit:
+            atexit._clear()
+        result = ctx.run(job, lambda m: send_frame(fd, m), prepared)
         jobfiles.job_ended(result.get("output_dir"), result)
         send_frame(fd, result)
     except BaseException:  # noqa: B036 - the job process must always exit here

@@ -23,7 +23,8 @@ from dr_exp.supervisor import SupervisorSettings, run_supervisor
 log = logging.getLogger("dr_exp.slurm")
 
 # Keys that configure dr_exp or the executor itself, not sbatch.
-OWN_KEYS = {"submitit_folder", "array_size", "max_num_timeout", "array_parallelism"}
+OWN_KEYS = {"submitit_folder", "array_size", "max_num_timeout", "array_parallelism", "requeue"}
+SUBMITIT_SIGNAL_DELAY_S = 90  # submitit's --signal=USR2@90 when signal_delay_s is not given
 
 
 def max_array_size() -> int:
@@ -70,6 +71,10 @@ def executor_parameters(slurm: Mapping[str, Any]) -> dict[str, Any]:
         else:
             params[f"slurm_{key}"] = value
     params["slurm_array_parallelism"] = slurm.get("array_parallelism") or defaults.ARRAY_PARALLELISM
+    if slurm.get("requeue"):  # scontrol requeue needs a requeueable job (JobRequeue may be 0)
+        params["slurm_additional_parameters"] = dict(
+            params.get("slurm_additional_parameters") or {}, requeue=True
+        )
     return params
 
 
@@ -124,6 +129,9 @@ def submit_workers(
     executor.update_parameters(**params)
     if slurm.get("timeout_min") and "max_hours" not in sup:
         sup["max_hours"] = float(slurm["timeout_min"]) / 60.0
+    delay = slurm.get("signal_delay_s")
+    sup.setdefault("signal_delay_s", float(SUBMITIT_SIGNAL_DELAY_S if delay is None else delay))
+    sup.setdefault("requeue", bool(slurm.get("requeue")))
     settings = SupervisorSettings(
         db_path=db_path, experiment=experiment, workers_per_gpu=workers_per_gpu, **sup
     )

@@ -31,7 +31,7 @@ import sys
 import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Any, Callable, Optional
 
 from dr_exp import jobfiles, paths
 from dr_exp.context import JobContext
@@ -105,7 +105,7 @@ class TrainerSweep(JobContext):
             settings=sweep.settings,
         )
 
-    def run(self, job: Job, report: Callable[[dict], None]) -> dict:
+    def run(self, job: Job, report: Callable[[dict], None], prepared: Any = None) -> dict:
         """In the forked job process: compose, call the trainer, record what it returned."""
         from dr_exp.jobfiles import write_error_file
         from dr_exp.returns import error_summary, to_json

@@ -30,9 +30,10 @@ from collections import OrderedDict
 from pathlib import Path
 from typing import Optional
 
-from dr_exp import defaults, failures, jobfiles, notify, paths, payload, signing
+from dr_exp import allocation, defaults, failures, jobfiles, notify, paths, payload, signing
 from dr_exp.context import JobContext, SweepUnavailable
 from dr_exp.db import Job, JobDB, Outcome
+from dr_exp.forkserver import ForkServer, ServedJob, Stale
 from dr_exp.gpu import GpuTelemetry
 from dr_exp.job_process import JobProcess
 from dr_exp.jobfiles import write_error_file
@@ -86,6 +87,7 @@ class Worker:
         self.stopped: Optional[str] = None  # why the host breaker stopped this worker
         self.fence_s = fence_budget(lease_s, heartbeat_s)
         self.watchdog = Watchdog()
+        self._server: Optional[ForkServer] = None  # the active sweep's fork server
         self.sync = WorkerSync(db.path)  # records finished folders, uploads in the background
 
     # -- signals ----------------------------------------------------------------
@@ -137,6 +139,7 @@ class Worker:
         try:
             self._loop()
         finally:
+            self._close_server()
             self.watchdog.stop()
             if self.stopped is None:
                 self._beat("exited", None, force=True)
@@ -154,6 +157,7 @@ class Worker:
         finished: Optional[tuple[Job, Outcome]] = None
         idle_since = time.monotonic()
         poll = self.poll_min
+        window = allocation.ClaimWindow.for_worker(self.db, self.experiment)  # time left
         while self.stop_signal is None:
             if self.max_jobs is not None and self.jobs_done >= self.max_jobs:
                 break
@@ -168,16 +172,28 @@ class Worker:
                 self.stopped = why
                 break
             job = None
+            out_of_time: Optional[str] = None
             try:
                 if finished is not None or self.db.has_work(self.experiment):
                     job = self.db.claim(
-                        self.worker_id, self.host, self.experiment, finished, lease_s=self.lease_s
+                        self.worker_id,
+                        self.host,
+                        self.experiment,
+                        finished,
+                        lease_s=self.lease_s,
+                        skip_sweeps=window.skip_sweeps(),  # jobs that would outlast us
                     )
                     recorded, finished = finished, None
                     if recorded is not None:  # its sweep may have ended: a notice, once
                         notify.after_jobs(self.db, [_sweep_of(recorded[0])])
+                    if job is None:
+                        out_of_time = window.nothing_fits()
             except sqlite3.Error as e:  # full disk, a lock that never clears, I/O errors
                 self._database_trouble(e, finished)
+            if job is None and out_of_time is not None and finished is None:
+                log.info("%s", out_of_time)  # the allocation goes back (or requeues itself)
+                window.record_exit(self.worker_id, out_of_time)
+                break
             if job is None:
                 if self.idle_timeout and time.monotonic() - idle_since > self.idle_timeout:
                     if finished is None:
@@ -319,7 +335,7 @@ class Worker:
         worker froze, or cannot reach the database), before its lease can expire.
         """
         oom_before = failures.oom_kills()
-        proc = JobProcess.fork(ctx, job, in_child=self.watchdog.close_in_child)
+        proc = self._start(ctx, job)
         self.watchdog.arm(proc.pid, self.fence_s)
         frames: list[dict] = []
         stop_reason: Optional[str] = None  # a signal's name, "cancelling" or "lost"
@@ -357,16 +373,40 @@ class Worker:
         outcome = self._outcome(job, proc.status, frames, stop_reason, last_ok, oom_before)
         return outcome, sync
 
+    def _start(self, ctx: JobContext, job: Job) -> JobProcess | ServedJob:
+        """The job's process: a fork of its sweep's fork server (started on the sweep's
+        first job here, replaced for the next sweep), or of this worker."""
+        if ctx.settings.get("fork_server", True):
+            if self._server is None or self._server.ctx is not ctx:
+                self._close_server()
+                self._server = ForkServer(ctx, self.watchdog.close_in_child)
+            try:
+                return self._server.fork(job)
+            except Stale as e:
+                log.warning("job %s: no fork server (%s); forking it from the worker", job.id, e)
+                self._close_server()
+        return JobProcess.fork(ctx, job, in_child=self.watchdog.close_in_child)
+
+    def _close_server(self) -> None:
+        if self._server is not None:
+            self._server.close()
+            self._server = None
+
     def _renew(self, job: Job) -> str:
         """Renew the lease: ``ok``, ``cancelling``, ``lost``, or ``error`` when the database
         could not be reached this time (the watchdog then counts the time)."""
+        # One transaction per heartbeat: the lease, this worker's liveness and its GPU's load
+        # (at 500 workers on a network filesystem, every transaction is a lock round trip).
         try:
-            state = self.db.heartbeat(job, self.worker_id, self.lease_s)
-            self._beat("busy", job.id)
-            return state
+            state = self.db.beat(
+                self.worker_id, "busy", job, self.telemetry.read(), lease_s=self.lease_s
+            )
         except sqlite3.Error as e:
             log.warning("job %s: lease renewal failed: %s", job.id, e)
             return "error"
+        self._last_beat = time.monotonic()  # the registry's beat went with it
+        notify.retry_due(self.db)  # notices whose receiver was down
+        return state or "lost"
 
     def _handle(self, job: Job, frames: list[dict]) -> list[dict]:
         """Record the output folder as soon as the job reports it."""

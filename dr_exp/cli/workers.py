@@ -42,6 +42,11 @@ def _run_worker(
 ) -> int:
     o.check_lease(lease, heartbeat)
     stop_at = o.claim_deadline(max_hours, reserve_minutes, stop_claiming_at)
+    from dr_exp import allocation
+
+    deadline = allocation.worker_deadline(max_hours)
+    if deadline is not None:  # the worker's claims fit its jobs in what is left of it
+        os.environ[allocation.ENV_DEADLINE] = repr(deadline)
     from dr_exp.worker import Worker  # imports Hydra: only once the options are good
 
     o.log_to_stderr()

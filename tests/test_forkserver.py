@@ -1,0 +1,104 @@
+"""A sweep's fork server: loaded once, yet every job runs the project's files as they are.
+
+A real worker runs real Hydra jobs; the test edits a module and a config file while
+the sweep's first job runs, and each job reports the process it was forked from.
+"""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+from conftest import run_app
+from test_fencing import FAST
+from test_worker import jobs, wait_for
+
+APP = """\
+import os
+import time
+
+import hydra
+import helpers
+
+
+@hydra.main(version_base=None, config_path="conf", config_name="config")
+def main(cfg):
+    if cfg.x == 1:  # the first job waits while the test edits the project
+        open("started", "w").close()
+        while not os.path.exists("go"):
+            time.sleep(0.05)
+    return [helpers.VALUE, cfg.y, os.getppid()]
+
+
+if __name__ == "__main__":
+    main()
+"""
+
+
+def write(folder: Path, value: str, y: int) -> None:
+    (folder / "conf").mkdir(parents=True, exist_ok=True)
+    (folder / "helpers.py").write_text(f"VALUE = {value!r}\n")
+    (folder / "conf" / "config.yaml").write_text(f"x: 0\ny: {y}\n")
+
+
+def test_jobs_fork_from_one_server_that_is_replaced_when_the_code_changes(
+    tmp_path: Path, db_path: Path
+) -> None:
+    project = tmp_path / "proj"
+    write(project, "v1", 1)
+    (project / "app.py").write_text(APP)
+    launch = ("hydra/launcher=dr_exp", "hydra.launcher.wait=false", "hydra.launcher.workers=0")
+    run_app(project / "app.py", "-m", "x=1,2,3,4", *launch, cwd=project)
+    log = tmp_path / "worker.log"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "dr_exp", "worker", *FAST, "--idle-timeout", "0"],
+        stdout=open(log, "ab"),
+        stderr=subprocess.STDOUT,
+    )
+    try:
+        wait_for(lambda: (project / "started").exists(), what="job 1 to start")
+        write(project, "v2-edited", 1)  # a module fixed while the sweep runs
+        (project / "go").touch()
+        wait_for(lambda: sum(r["status"] == "completed" for r in jobs(db_path)) == 2, what="2")
+        (project / "conf" / "config.yaml").write_text("x: 0\ny: 7\n")  # then a config file
+        wait_for(lambda: sum(r["status"] == "completed" for r in jobs(db_path)) == 4, what="4")
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(60)
+    got = [r["return_value"] for r in jobs(db_path)]
+    values = [(v, y) for v, y, _ in got]
+    parents = [p for _, _, p in got]
+    assert values[:2] == [("v1", 1), ("v2-edited", 1)]  # the second job saw the edited module
+    assert values[3] == ("v2-edited", 7)  # and the last one the edited config
+    assert proc.pid not in parents  # forked from a fork server, not from the worker
+    assert parents[0] != parents[1]  # the edit replaced the server...
+    assert parents[1] == parents[3], log.read_text()  # ...shared later (a config is no code)
+    assert "forking it from the worker" not in log.read_text()  # no fallback to a direct fork
+
+
+def test_fork_server_false_forks_each_job_from_the_worker(tmp_path: Path, db_path: Path) -> None:
+    project = tmp_path / "proj"
+    write(project, "v1", 1)
+    (project / "app.py").write_text(APP)
+    (project / "go").touch()
+    launch = ("hydra/launcher=dr_exp", "hydra.launcher.wait=false", "hydra.launcher.workers=0")
+    run_app(
+        project / "app.py", "-m", "x=1,2", *launch, "hydra.launcher.fork_server=false", cwd=project
+    )
+    proc = subprocess.run(
+        [sys.executable, "-m", "dr_exp", "worker", *FAST, "--idle-timeout", "1"],
+        capture_output=True,
+        timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr
+    rows = jobs(db_path)
+    assert [r["status"] for r in rows] == ["completed", "completed"]
+    assert {r["return_value"][2] for r in rows} == {proc_pid(rows)}
+
+
+def proc_pid(rows: list[dict]) -> int:
+    """The worker's pid, from its id (host-pid-suffix)."""
+    (worker,) = {r["worker"] for r in rows}
+    return int(worker.rsplit("-", 2)[1])
