@@ -28,6 +28,7 @@ import os
 import random
 import re
 import sqlite3
+import sys
 import time
 from pathlib import Path
 from typing import Any, Callable, ClassVar, Optional, Sequence, TypeVar
@@ -116,6 +117,28 @@ def retry_busy(fn: Callable[[], T], attempts: int = 10) -> T:
     raise AssertionError("unreachable")
 
 
+def _sqlite_utils() -> Any:
+    """sqlite-utils, for schema work only (kept off the hot path).
+
+    At import it loads pandas and numpy when they are installed (about 1 s here, in a
+    launcher's first sweep of a project) only to map their scalar types to columns;
+    dr_exp's migrations never insert such values, so they are hidden from that import
+    unless something imported them already.  (Code that later inserts numpy or pandas
+    scalars with sqlite-utils in the same process gets them stored without that mapping.)
+    """
+    if "sqlite_utils" in sys.modules:
+        return sys.modules["sqlite_utils"]
+    hidden = [name for name in ("pandas", "numpy") if name not in sys.modules]
+    for name in hidden:
+        sys.modules[name] = None  # type: ignore[assignment]  # import raises ImportError
+    try:
+        import sqlite_utils
+    finally:
+        for name in hidden:
+            del sys.modules[name]
+    return sqlite_utils
+
+
 class SQLiteStore:
     """One connection to one SQLite file of a given kind, migrated to its schema."""
 
@@ -196,9 +219,7 @@ class SQLiteStore:
             return
 
         def migrate(conn: sqlite3.Connection) -> None:
-            import sqlite_utils  # schema work only: kept off the hot path
-
-            db = sqlite_utils.Database(conn, execute_plugins=False)
+            db = _sqlite_utils().Database(conn, execute_plugins=False)
             start = conn.execute("PRAGMA user_version").fetchone()[0]  # re-read under the lock
             for step in range(start, target):
                 self.MIGRATIONS[step](db)

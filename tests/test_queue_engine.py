@@ -4,8 +4,11 @@ and signatures that stay true through the faster claim and finish."""
 
 from __future__ import annotations
 
+import os
 import random
 import sqlite3
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -300,3 +303,19 @@ def test_a_lease_that_an_idle_poll_saw_expire_is_reaped_by_the_next_claim(
     again = idle.claim("w", "h")  # ...and the claim right after it reaps and takes the job
     assert again is not None and (again.id, again.attempts) == (job_id, 2)
     assert [a["outcome"] for a in idle.attempts(job_id)] == ["lost", None]
+
+
+def test_creating_a_database_loads_neither_pandas_nor_numpy(tmp_path: Path) -> None:
+    """sqlite-utils (schema work) would import both, about 1 s, in every project's first sweep."""
+    code = (
+        "import sys\n"
+        "from dr_exp.db import JobDB\n"
+        f"JobDB.open({str(tmp_path / 'jobs.db')!r}).close()\n"
+        "assert 'sqlite_utils' in sys.modules\n"
+        "print(sorted({'pandas', 'numpy'} & set(sys.modules)))\n"
+        "import numpy, pandas  # still importable afterwards\n"
+    )
+    env = dict(os.environ, DR_EXP_SECRET_KEY_FILE=str(tmp_path / "key"))
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "[]"
