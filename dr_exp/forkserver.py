@@ -23,6 +23,7 @@ job gets), dies with the worker (``PR_SET_PDEATHSIG``), and its jobs die with it
 from __future__ import annotations
 
 import atexit
+import gc
 import logging
 import os
 import pickle
@@ -209,6 +210,9 @@ def _serve(ctx: JobContext, sock: socket.socket, worker_pid: int) -> None:  # pr
                 _send(sock, {"stale": f"{changed} changed"})
                 break
             prepared = ctx.prepare(job)
+            # What the job inherits is never collected there: a collection in the job's
+            # process would touch every inherited object and copy the pages it lies on.
+            gc.freeze()
             server_pid = os.getpid()
             pid = os.fork()
             if pid == 0:

@@ -140,7 +140,9 @@ class HydraSweep(JobContext):
                     sweep_config.hydra.sweep.dir = job.sweep_dir
                 if job.sweep_subdir:
                     sweep_config.hydra.sweep.subdir = job.sweep_subdir
-            HydraConfig.instance().set_config(sweep_config)
+            # The ``hydra:`` resolver's view while the folder is resolved; run_job sets its
+            # own (a masked, read-only copy) first thing, as under the basic launcher.
+            HydraConfig.instance().cfg = sweep_config
             output_dir = os.path.abspath(
                 os.path.join(
                     str(OmegaConf.select(sweep_config, "hydra.sweep.dir")),

@@ -182,6 +182,7 @@ class Worker:
                         finished,
                         lease_s=self.lease_s,
                         skip_sweeps=window.skip_sweeps(),  # jobs that would outlast us
+                        telemetry=self.telemetry.read(),  # and this worker busy with it
                     )
                     recorded, finished = finished, None
                     if recorded is not None:  # its sweep may have ended: a notice, once
@@ -204,7 +205,7 @@ class Worker:
                 poll = min(poll * 1.5, self.poll_max)
                 continue
             poll = self.poll_min
-            self._beat("busy", job.id, force=True)
+            self._last_beat = time.monotonic()  # the claim recorded this worker busy with it
             outcome = self.run_job(job)
             self.jobs_done += 1
             idle_since = time.monotonic()

@@ -72,6 +72,18 @@ def test_a_beat_renews_the_lease_and_records_the_worker_in_one_transaction(
     assert _registry(db, "w")["state"] == "idle"
 
 
+def test_a_claim_records_its_worker_busy_in_the_same_transaction(tmp_path: Path) -> None:
+    db = JobDB.open(tmp_path / "jobs.db")
+    db.enqueue(_sweep(db), "exp", [(0, []), (1, [])])
+    _register(db, "w")
+    job, begun = _writes(db, lambda: db.claim("w", "h", telemetry={"gpu_util": 50.0}))
+    assert job is not None and len(begun) == 1
+    row = _registry(db, "w")
+    assert (row["state"], row["job_id"], row["gpu_util"]) == ("busy", job.id, 50.0)
+    db.claim("w", "h", finished=(job, Outcome(status="completed")))  # without telemetry
+    assert _registry(db, "w")["job_id"] == job.id  # the registry is left to the beats
+
+
 def test_a_beat_keeps_the_fence_for_a_stale_worker(tmp_path: Path) -> None:
     db = JobDB.open(tmp_path / "jobs.db")
     (job_id,) = db.enqueue(_sweep(db), "exp", [(0, [])])
