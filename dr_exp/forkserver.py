@@ -34,7 +34,7 @@ import sys
 import sysconfig
 from typing import TYPE_CHECKING, Callable, Optional
 
-from dr_exp.job_process import CHUNK
+from dr_exp.job_process import JobProcess
 from dr_exp.runner import FORWARDED_SIGNALS, FrameReader, child_main, die_with_parent
 
 if TYPE_CHECKING:
@@ -112,13 +112,15 @@ class ForkServer:
             self.pid = None
 
 
-class ServedJob:
-    """A job's process forked by the server: what ``JobProcess`` is for a direct fork."""
+class ServedJob(JobProcess):
+    """A job's process forked by the server: not this process's child, so its exit comes
+    as the server's message rather than from ``waitpid``."""
 
     def __init__(self, pid: int, read_fd: int, control: socket.socket) -> None:
         self.pid = pid
         self.status: Optional[int] = None
         self._fd: Optional[int] = read_fd
+        self._pidfd: Optional[int] = None
         self._control = control
         self._reader = FrameReader()
 
@@ -138,38 +140,14 @@ class ServedJob:
             return self._read()
         return []
 
-    def _read(self) -> list[dict]:
-        assert self._fd is not None
-        chunk = os.read(self._fd, CHUNK)
-        if not chunk:
-            os.close(self._fd)
-            self._fd = None
-            return []
-        return self._reader.feed(chunk)
-
     def signal(self, signum: int) -> None:
         try:
             os.killpg(self.pid, signum)
         except ProcessLookupError:
             pass
 
-    def finish(self) -> list[dict]:
-        """After the exit (or to give up on it): the frames left, then the exit status,
-        then kill what the job left running in its process group."""
-        frames: list[dict] = []
-        if self._fd is not None:
-            os.set_blocking(self._fd, False)
-            try:
-                while self._fd is not None:
-                    frames += self._read()
-            except BlockingIOError:
-                pass
-            if self._fd is not None:
-                os.close(self._fd)
-                self._fd = None
+    def _wait(self) -> None:
         self._take_exit(None)
-        self.signal(signal.SIGKILL)
-        return frames
 
 
 def _receive(sock: socket.socket) -> Optional[dict]:

@@ -103,10 +103,14 @@ class JobProcess:
             if self._fd is not None:
                 os.close(self._fd)
                 self._fd = None
+        self._wait()
+        self.signal(signal.SIGKILL)  # helpers the job forked and left behind
+        return frames
+
+    def _wait(self) -> None:
+        """Block until the process has exited and its status is known."""
         if self.status is None:
             _, self.status = os.waitpid(self.pid, 0)
-        self.signal(signal.SIGKILL)  # helpers the job forked and left behind
         if self._pidfd is not None:
             os.close(self._pidfd)
             self._pidfd = None
-        return frames

@@ -5,7 +5,6 @@ Standard library only, and no command module: every command prints through these
 
 from __future__ import annotations
 
-import csv
 import datetime as dt
 import json
 import sys
@@ -65,6 +64,8 @@ def print_csv(rows: list[dict]) -> None:
     """One row per dict, for spreadsheets: lists joined by spaces, other values as JSON."""
     if not rows:
         return
+    import csv  # only here: the C module's load is felt at every CLI start
+
     writer = csv.DictWriter(sys.stdout, fieldnames=list(rows[0]), lineterminator="\n")
     writer.writeheader()
     for row in rows:

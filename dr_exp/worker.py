@@ -33,7 +33,7 @@ from typing import Optional
 from dr_exp import allocation, defaults, failures, jobfiles, notify, paths, payload, signing
 from dr_exp.context import JobContext, SweepUnavailable
 from dr_exp.db import Job, JobDB, Outcome
-from dr_exp.forkserver import ForkServer, ServedJob, Stale
+from dr_exp.forkserver import ForkServer, Stale
 from dr_exp.gpu import GpuTelemetry
 from dr_exp.job_process import JobProcess
 from dr_exp.jobfiles import write_error_file
@@ -374,7 +374,7 @@ class Worker:
         outcome = self._outcome(job, proc.status, frames, stop_reason, last_ok, oom_before)
         return outcome, sync
 
-    def _start(self, ctx: JobContext, job: Job) -> JobProcess | ServedJob:
+    def _start(self, ctx: JobContext, job: Job) -> JobProcess:
         """The job's process: a fork of its sweep's fork server (started on the sweep's
         first job here, replaced for the next sweep), or of this worker."""
         if ctx.settings.get("fork_server", True):

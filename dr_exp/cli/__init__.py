@@ -52,6 +52,19 @@ def _epilog() -> str:
     return "\b\nExamples:\n" + "\n".join(lines) + "\n\n" + options.DB_RULE
 
 
+def _terminal_width() -> int:
+    """What click's help would ask shutil for ($COLUMNS, else the terminal, else 80), without
+    importing shutil: it loads the bz2 and lzma modules, felt at every ``--help``."""
+    try:
+        return int(os.environ["COLUMNS"])
+    except (KeyError, ValueError):
+        pass
+    try:
+        return os.get_terminal_size(sys.__stdout__.fileno()).columns
+    except (AttributeError, ValueError, OSError):
+        return 80
+
+
 def _one_line(message: str) -> str:
     """click's messages may hold newlines and tabs; an error is always one line."""
     return " ".join(message.split())
@@ -81,6 +94,7 @@ class Root(options.OrderedGroup):
         **extra: Any,
     ) -> NoReturn:
         """Run one command and exit with its status; ``standalone_mode`` is ignored."""
+        extra.setdefault("terminal_width", _terminal_width())
         try:
             rv = super().main(
                 args, prog_name or self.name, complete_var, standalone_mode=False, **extra
