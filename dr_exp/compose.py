@@ -85,7 +85,9 @@ class SweepComposer:
         config reused across jobs that choose the same config groups."""
         loader = self.loader
         repo = self._repo(parsed)
-        loader.validate_sweep_overrides_legal(overrides=parsed, run_mode=RunMode.RUN, from_shell=True)
+        loader.validate_sweep_overrides_legal(
+            overrides=parsed, run_mode=RunMode.RUN, from_shell=True
+        )
         choice = tuple(o.input_line for o in parsed if _chooses_group(o, repo))
         cached = self.cache.get(choice)
         if cached is None:
