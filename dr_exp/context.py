@@ -35,10 +35,12 @@ class JobContext(ABC):
         """In the worker, once per sweep before its first fork: state its jobs inherit."""
         return None  # most kinds have nothing to set up
 
-    def load(self) -> None:
+    def load(self) -> bool:
         """In the sweep's fork server, once: what every job would otherwise load itself.
-        Never raises: a sweep that cannot load fails each job in ``run``."""
-        return None
+        Never raises: a sweep that cannot load fails each job in ``run``, and returns
+        False so that the server is not kept (the next job loads afresh: a fixed file
+        is seen)."""
+        return True
 
     def prepare(self, job: Job) -> Any:
         """In the fork server, before ``job``'s fork: work to hand to ``run`` (None: none).

@@ -172,7 +172,7 @@ def _serve(ctx: JobContext, sock: socket.socket, worker_pid: int) -> None:  # pr
         signal.set_wakeup_fd(-1)
         atexit._clear()  # the worker's; the project's own, registered by load, stay
         before = set(sys.modules)
-        ctx.load()
+        reusable = ctx.load()
         watched = _project_files(set(sys.modules) - before)
         while True:
             try:
@@ -204,6 +204,8 @@ def _serve(ctx: JobContext, sock: socket.socket, worker_pid: int) -> None:  # pr
             _send(sock, {"pid": pid})
             _, status = os.waitpid(pid, 0)
             _send(sock, {"exited": status})
+            if not reusable:
+                break  # the sweep did not load: the next job's server tries again
     except BaseException:  # noqa: B036 - the server must always exit here
         import traceback
 

@@ -88,7 +88,7 @@ class HydraSweep(JobContext):
         Singleton.set_state({**sweep.singleton_state, "instances": instances})
         return sweep
 
-    def load(self) -> None:
+    def load(self) -> bool:
         """In the fork server: unpickle once, and keep a composer for the sweep's jobs."""
         from dr_exp.compose import SweepComposer
 
@@ -100,6 +100,8 @@ class HydraSweep(JobContext):
             )
         except BaseException as exc:  # noqa: B036 - each job reports it, as without a server
             self._load_error = exc
+            return False
+        return True
 
     def prepare(self, job: Job) -> Any:
         """In the fork server: the job's composed config (or the error composing it)."""

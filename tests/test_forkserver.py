@@ -11,7 +11,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from conftest import run_app
+from conftest import run_app, run_cli
 from test_fencing import FAST
 from test_worker import jobs, wait_for
 
@@ -102,3 +102,32 @@ def proc_pid(rows: list[dict]) -> int:
     """The worker's pid, from its id (host-pid-suffix)."""
     (worker,) = {r["worker"] for r in rows}
     return int(worker.rsplit("-", 2)[1])
+
+
+def test_a_sweep_that_did_not_load_loads_again_once_its_module_is_back(
+    tmp_path: Path, db_path: Path
+) -> None:
+    """A fork server whose sweep failed to load is not kept: after the fix, a retry runs."""
+    project = tmp_path / "proj"
+    write(project, "v1", 1)
+    (project / "app.py").write_text(APP)
+    (project / "go").touch()
+    launch = ("hydra/launcher=dr_exp", "hydra.launcher.wait=false", "hydra.launcher.workers=0")
+    run_app(project / "app.py", "-m", "x=2", *launch, cwd=project)
+    (project / "helpers.py").rename(project / "helpers.bak")  # the module is gone
+    log = tmp_path / "worker.log"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "dr_exp", "worker", *FAST, "--idle-timeout", "0"],
+        stdout=open(log, "ab"),
+        stderr=subprocess.STDOUT,
+    )
+    try:
+        wait_for(lambda: jobs(db_path)[0]["status"] == "failed", what="the failure")
+        assert "No module named 'helpers'" in jobs(db_path)[0]["error"]
+        (project / "helpers.bak").rename(project / "helpers.py")  # fixed
+        run_cli("retry", str(jobs(db_path)[0]["id"]))
+        wait_for(lambda: jobs(db_path)[0]["status"] == "completed", what="the retry")
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(60)
+    assert jobs(db_path)[0]["return_value"][:2] == ["v1", 1]
