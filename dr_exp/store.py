@@ -186,6 +186,8 @@ class SQLiteStore:
             conn.execute(f"PRAGMA synchronous = {'NORMAL' if journal_mode == 'wal' else 'FULL'}")
             conn.execute("PRAGMA foreign_keys = ON")
         except sqlite3.DatabaseError as e:
+            if is_corrupt(e):
+                raise DatabaseError(f"the {cls.KIND} {path} is damaged: {e}") from None
             raise DatabaseError(f"cannot open {cls.KIND} {path}: {e}") from None
         store = cls(path, conn, journal_mode)
         store._migrate()

@@ -10,6 +10,7 @@ from hydra import initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 from hydra.errors import ConfigCompositionException
 from hydra.types import RunMode
+from hydra.version import VersionBase
 from omegaconf import OmegaConf
 
 from dr_exp.compose import SweepComposer
@@ -53,14 +54,20 @@ def loader_and_master(tmp_path: Path):
     for name, text in FILES.items():
         (conf / name).parent.mkdir(parents=True, exist_ok=True)
         (conf / name).write_text(text)
+    # initialize_config_dir sets Hydra's version base for the whole process: put it back, or
+    # later in-process Hydra runs (Hydra's own suites) lose their legacy chdir default.
+    base = VersionBase.instance().version_base
     GlobalHydra.instance().clear()
-    with initialize_config_dir(str(conf), version_base=None, job_name="app"):
-        loader = GlobalHydra.instance().config_loader()
-        master = loader.load_configuration(
-            "config", ["hydra.sweep.dir=sweep", "hydra/job_logging=disabled"], RunMode.MULTIRUN
-        )
-        yield loader, master, conf
-    GlobalHydra.instance().clear()
+    try:
+        with initialize_config_dir(str(conf), version_base=None, job_name="app"):
+            loader = GlobalHydra.instance().config_loader()
+            master = loader.load_configuration(
+                "config", ["hydra.sweep.dir=sweep", "hydra/job_logging=disabled"], RunMode.MULTIRUN
+            )
+            yield loader, master, conf
+    finally:
+        GlobalHydra.instance().clear()
+        VersionBase.instance().version_base = base
 
 
 def _same(a, b) -> None:

@@ -245,10 +245,12 @@ def test_a_task_out_of_time_for_the_next_job_requeues_itself_until_the_sweep_is_
 ) -> None:
     """Jobs expected to take 1 minute on 2-minute tasks (SLURM warns 30 s before the end):
     a task fits its first few jobs, then no next one, so it requeues itself; the fresh
-    allocation goes on, until every job has completed once."""
+    allocation goes on, until every job has completed once.  A worker may start a job only
+    in the first 14 s of an allocation (90 s left, 1.1 x 60 s + 10 s needed), so 2 workers
+    start at most 6 jobs of 5 s there, however fast they start: 10 jobs need a requeue."""
     markers = tmp_path / "m"
     xs = range(0, 10)
-    run_app(APP, "-m", "mode=exclusive", "sleep=3", f"x=range(0,{len(xs)})",
+    run_app(APP, "-m", "mode=exclusive", "sleep=5", f"x=range(0,{len(xs)})",
             f"marker_dir={markers}", *slurm_args(
                 tmp_path, 2, "hydra.launcher.expected_minutes=1",
                 "hydra.launcher.slurm.requeue=true", "hydra.launcher.slurm.signal_delay_s=30",
