@@ -186,7 +186,7 @@ class SQLiteStore:
             conn.execute(f"PRAGMA synchronous = {'NORMAL' if journal_mode == 'wal' else 'FULL'}")
             conn.execute("PRAGMA foreign_keys = ON")
         except sqlite3.DatabaseError as e:
-            if is_corrupt(e):
+            if "malformed" in str(e):  # a SQLite file, damaged (not some other file)
                 raise DatabaseError(f"the {cls.KIND} {path} is damaged: {e}") from None
             raise DatabaseError(f"cannot open {cls.KIND} {path}: {e}") from None
         store = cls(path, conn, journal_mode)
