@@ -36,13 +36,18 @@ def _cluster_problem() -> str | None:
     return None
 
 
-@pytest.fixture(scope="module")
-def slurm() -> None:
+def require_cluster() -> None:
+    """Skip without dr_exp's test cluster, except in CI, where that is a failure."""
     problem = _cluster_problem()
     if problem:
         if os.environ.get("CI"):
             pytest.fail(f"SLURM tests must run in CI: {problem}")
         pytest.skip(problem)
+
+
+@pytest.fixture(scope="module")
+def slurm() -> None:
+    require_cluster()
 
 
 @pytest.fixture(autouse=True)

@@ -12,14 +12,13 @@ except in CI, where a missing cluster is an error.
 
 from __future__ import annotations
 
-import os
-import shutil
 import subprocess
 import time
 from pathlib import Path
 
 import pytest
 from conftest import ROOT, run_app, run_cli
+from test_slurm import require_cluster
 from test_worker import jobs, wait_for
 
 from dr_exp import allocation
@@ -145,26 +144,9 @@ def test_a_worker_with_max_hours_skips_a_sweep_whose_median_outlasts_it(
 
 
 # -- on the SLURM test cluster ----------------------------------------------------------
-def _cluster_problem() -> str | None:
-    if shutil.which("sbatch") is None:
-        return "sbatch is not installed (run tests/slurm/slurm-up.sh as root)"
-    try:
-        out = subprocess.run(["scontrol", "show", "config"], capture_output=True, text=True,
-                             timeout=30)  # fmt: skip
-    except (OSError, subprocess.TimeoutExpired) as e:
-        return f"scontrol failed: {e}"
-    if "drexp" not in out.stdout:  # never submit test arrays to a real cluster
-        return "the SLURM cluster is not dr_exp's test cluster (ClusterName=drexp)"
-    return None
-
-
 @pytest.fixture
 def slurm() -> None:
-    problem = _cluster_problem()
-    if problem:
-        if os.environ.get("CI"):
-            pytest.fail(f"SLURM tests must run in CI: {problem}")
-        pytest.skip(problem)
+    require_cluster()
     yield
     subprocess.run(["scancel", f"--name={JOB_NAME}"], capture_output=True)
     wait_for(lambda: not squeue(), timeout=60, what="test arrays to leave the queue")
