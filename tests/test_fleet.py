@@ -122,6 +122,9 @@ def test_supervisor_pins_cuda_visible_devices_per_worker(tmp_path: Path, db_path
     assert sorted(w["gpu"] for w in workers) == ["3", "3", "5", "5"]
 
 
+KINDS = ["worker", "job", "job", "node", "sigterm", "sigstop"]
+
+
 def descendants(pid: int) -> list[int]:
     out = []
     for child in children(pid):
@@ -140,7 +143,7 @@ def test_chaos_kills_stops_and_lost_nodes_lose_nothing_and_never_run_a_job_twice
     (each holds an exclusive lock on its folder while it runs)."""
     markers = tmp_path / "m"
     n = 300
-    queue(tmp_path, "mode=exclusive", "sleep=0.05", f"x=range(0,{n})", f"marker_dir={markers}",
+    queue(tmp_path, "mode=exclusive", "sleep=0.2", f"x=range(0,{n})", f"marker_dir={markers}",
           "hydra.launcher.max_attempts=100", "hydra.launcher.retry={killed:100}",
           "hydra.launcher.retry_backoff_s=0.1")  # fmt: skip
     supervisor_args = ["system", "launcher", "--cpu-workers", "4", "--lease", "2",
@@ -155,6 +158,7 @@ def test_chaos_kills_stops_and_lost_nodes_lose_nothing_and_never_run_a_job_twice
     rng = random.Random(1234)
     faults = {"worker": 0, "job": 0, "node": 0, "sigterm": 0, "sigstop": 0}
     stopped: dict[int, float] = {}  # pid -> when to SIGCONT it
+    plan: list[str] = []
 
     def open_jobs() -> int:
         return sum(1 for r in jobs(db_path) if r["status"] in ("pending", "running"))
@@ -170,8 +174,11 @@ def test_chaos_kills_stops_and_lost_nodes_lose_nothing_and_never_run_a_job_twice
             sup = start()
             continue
         workers = [w for w in children(sup.pid) if w not in stopped]
-        job_procs = [c for w in workers for c in children(w)]
-        kind = rng.choice(["worker", "job", "job", "node", "sigterm", "sigstop"])
+        # A worker's fork server and the jobs it forked, or a job forked by the worker.
+        job_procs = [c for w in workers for c in descendants(w)]
+        if not plan:  # each kind in turn, shuffled, so every one happens however fast it ends
+            plan = rng.sample(KINDS, len(KINDS))
+        kind = plan.pop()
         try:
             if kind == "node":
                 for pid in [sup.pid, *descendants(sup.pid)]:
@@ -190,10 +197,11 @@ def test_chaos_kills_stops_and_lost_nodes_lose_nothing_and_never_run_a_job_twice
                 os.kill(rng.choice(workers), sig)
                 kind = "sigterm" if kind == "sigterm" else "worker"
             else:
+                plan.append(kind)  # nothing to hit yet: its turn comes again
                 continue
             faults[kind] += 1
         except ProcessLookupError:
-            pass
+            plan.append(kind)
     for pid in stopped:
         os.kill(pid, signal.SIGCONT)
     assert sup.wait(120) == 0, (tmp_path / "supervisor.log").read_text()[-3000:]

@@ -76,11 +76,14 @@ def test_job_that_kills_its_process_leaves_the_worker_alive(
     # One worker runs the deadly job first (priority), then the healthy ones.
     run_app(
         APP, "-m", f"mode={mode}", "x=0", "hydra/launcher=dr_exp", "hydra.launcher.wait=false",
-        "hydra.launcher.workers=0", "hydra.launcher.priority=900", cwd=tmp_path,
+        "hydra.launcher.workers=0", "hydra.launcher.priority=900", "hydra.sweep.dir=deadly",
+        cwd=tmp_path,
     )  # fmt: skip
+    # Its own sweep folder: two sweeps queued in the same second would share Hydra's
+    # default one, and the healthy job 0 would clear the deadly job 0's error.txt.
     run_app(
         APP, "-m", "x=1,2", "hydra/launcher=dr_exp", "hydra.launcher.wait=false",
-        "hydra.launcher.workers=0", cwd=tmp_path,
+        "hydra.launcher.workers=0", "hydra.sweep.dir=healthy", cwd=tmp_path,
     )  # fmt: skip
     worker = run_cli("worker", "--idle-timeout", "0.5")
     assert worker.returncode == 0
