@@ -36,6 +36,7 @@ from typing import TYPE_CHECKING, Callable, Optional
 
 from dr_exp.job_process import JobProcess
 from dr_exp.runner import FORWARDED_SIGNALS, FrameReader, child_main, die_with_parent
+from dr_exp.watchdog import reap
 
 if TYPE_CHECKING:
     from dr_exp.context import JobContext
@@ -104,12 +105,7 @@ class ForkServer:
         if self.sock is not None:
             self.sock.close()
             self.sock = None
-        if self.pid is not None:
-            try:
-                os.waitpid(self.pid, 0)
-            except ChildProcessError:
-                pass
-            self.pid = None
+        self.pid = reap(self.pid)
 
 
 class ServedJob(JobProcess):

@@ -31,6 +31,17 @@ def fence_budget(lease_s: float, heartbeat_s: float) -> float:
     return (lease_s + heartbeat_s) / 2
 
 
+def reap(pid: Optional[int]) -> None:
+    """Wait for a child that exits once its pipe or socket is closed; always None, for
+    ``self.pid = reap(self.pid)``."""
+    if pid is not None:
+        try:
+            os.waitpid(pid, 0)
+        except ChildProcessError:
+            pass
+    return None
+
+
 def _kill_group(pgid: Optional[int]) -> None:
     if pgid is None:
         return
@@ -112,9 +123,4 @@ class Watchdog:
         if self._fd is not None:
             os.close(self._fd)
             self._fd = None
-        if self.pid is not None:
-            try:
-                os.waitpid(self.pid, 0)
-            except ChildProcessError:
-                pass
-            self.pid = None
+        self.pid = reap(self.pid)
