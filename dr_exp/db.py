@@ -761,8 +761,7 @@ class JobDB(SQLiteStore):
                         AND key_id IN (SELECT value FROM json_each(:keys))
                         AND (next_try IS NULL OR next_try <= :now)
                       ORDER BY priority DESC, id LIMIT 1)
-        RETURNING id, experiment, sweep_id, job_num, overrides, attempts, run_sweep_id, output_dir,
-                  identity, key_id, signature, lease_gen
+        RETURNING {signed}, signature, attempts, lease_gen
     """
     # Jobs whose sweep (the one that runs them: a re-run's, else their own) is to be left alone.
     _SKIP_SWEEPS = (
@@ -781,7 +780,9 @@ class JobDB(SQLiteStore):
             # Pinned: another index on status must never win the planner's guess (the claim
             # then sorts every pending row: 13 claims a second at 100,000 rows).
             index = "jobs_pending_by_experiment" if experiment else "jobs_pending"
-            sql = self.CLAIM_SQL.format(experiment_filter=where, index=index)
+            sql = self.CLAIM_SQL.format(
+                experiment_filter=where, index=index, signed=_JOB_SIGNED_SQL
+            )
             self._claim_sqls[key] = sql
         return sql
 
@@ -825,26 +826,29 @@ class JobDB(SQLiteStore):
             row = conn.execute(sql, params).fetchone()
             if row is None:
                 return None
+            signed = dict(zip(JOB_SIGNED, row))
+            signature, attempts, lease_gen = row[len(JOB_SIGNED) :]
             conn.execute(
                 "INSERT INTO attempts (job_id, attempt, worker, host, started) VALUES (?, ?, ?, ?, ?)",
-                (row[0], row[5], worker, host, now),
+                (signed["id"], attempts, worker, host, now),
             )
-            self._saw_claim(row[0], row[11], lease_s)
-            job = Job(row[0], row[1], row[2], row[3], json.loads(row[4]), row[5], row[6])
-            job.output_dir, job.signature = row[7], row[10]
-            job.signed = {
-                "id": row[0],
-                "experiment": row[1],
-                "sweep_id": row[2],
-                "job_num": row[3],
-                "overrides": row[4],
-                "run_sweep_id": row[6],
-                "output_dir": row[7],
-                "identity": row[8],
-                "key_id": row[9],
-            }
+            self._saw_claim(signed["id"], lease_gen, lease_s)
+            job = Job(
+                signed["id"],
+                signed["experiment"],
+                signed["sweep_id"],
+                signed["job_num"],
+                json.loads(signed["overrides"]),
+                attempts,
+                signed["run_sweep_id"],
+                output_dir=signed["output_dir"],
+                signed=signed,
+                signature=signature,
+            )
             if job.run_sweep_id is not None:
-                job.sweep_dir, job.sweep_subdir = self._first_folder(conn, row[7], job.sweep_id)
+                job.sweep_dir, job.sweep_subdir = self._first_folder(
+                    conn, job.output_dir, job.sweep_id
+                )
             if telemetry is not None:
                 self._worker_beat(conn, worker, "busy", job.id, telemetry)
             return job

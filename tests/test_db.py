@@ -30,13 +30,6 @@ def explain(db: JobDB, sql: str, params=()) -> list[str]:
     return [r[3] for r in db.conn.execute("EXPLAIN QUERY PLAN " + sql, params).fetchall()]
 
 
-def claim_sql(by_experiment: bool) -> str:
-    index = "jobs_pending_by_experiment" if by_experiment else "jobs_pending"
-    return JobDB.CLAIM_SQL.format(
-        experiment_filter="AND experiment = :experiment" if by_experiment else "", index=index
-    )
-
-
 def _claimer(path: str, worker: str, out: str) -> None:
     db = JobDB.open(path, create=False)
     claimed, finished = [], None
@@ -147,9 +140,12 @@ def test_claim_and_status_use_indexes(tmp_path: Path) -> None:
         "keys": "[]",
         "lease_s": 1.0,
     }
-    assert any("USING INDEX jobs_pending" in d for d in explain(db, claim_sql(False), params))
     assert any(
-        "USING INDEX jobs_pending_by_experiment" in d for d in explain(db, claim_sql(True), params)
+        "USING INDEX jobs_pending" in d for d in explain(db, db._claim_sql(False, False), params)
+    )
+    assert any(
+        "USING INDEX jobs_pending_by_experiment" in d
+        for d in explain(db, db._claim_sql(True, False), params)
     )
     # Counts come from job_counts (kept by triggers), never from counting the jobs.
     plan = explain(
@@ -177,7 +173,9 @@ def test_claim_stays_indexed_with_many_finished_rows(tmp_path: Path) -> None:
         "keys": "[]",
         "lease_s": 1.0,
     }
-    assert any("USING INDEX jobs_pending" in d for d in explain(db, claim_sql(False), params))
+    assert any(
+        "USING INDEX jobs_pending" in d for d in explain(db, db._claim_sql(False, False), params)
+    )
     job = db.claim("w", "h")
     assert job is not None and job.id == ids[-5]
 
