@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 from typing import Iterable, Optional
 
@@ -18,6 +17,8 @@ def job_identity(experiment: str, app: Optional[str], overrides: Iterable[str]) 
     Priority and tags are deliberately left out, so re-running a sweep with a new
     priority still finds the jobs it queued before.
     """
+    import hashlib  # here, not at import: OpenSSL's load is 5 ms of every `dr_exp status`
+
     text = json.dumps(
         [experiment, app or "", normalize_overrides(overrides)], separators=(",", ":")
     )
