@@ -27,13 +27,12 @@ import shutil
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Callable, Dict
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from harness import Series, alternate, header, log, table  # noqa: E402
+from harness import Series, alternate, header, log, run_report, table  # noqa: E402
 
 CHUNK = 5000
 
@@ -233,102 +232,100 @@ def main(argv: list[str]) -> int:
     ap.add_argument("--claims", type=int, default=300, help="claims per claim round (300)")
     args = ap.parse_args(argv)
 
-    root = Path(tempfile.mkdtemp(prefix="bench_big_queue_"))
-    os.environ["DR_EXP_SECRET_KEY_FILE"] = str(root / "secret.key")
-    os.environ.pop("DR_EXP_SHARED_KEY_FILE", None)
+    return run_report("bench_big_queue_", lambda root: measure(root, args, argv))
+
+
+def measure(root: Path, args: argparse.Namespace, argv: list[str]) -> list[str]:
+    """The report's lines, from measurements in ``root`` (a fresh temporary folder)."""
     os.environ.pop("DR_EXP_EXPERIMENT", None)
     big, million = root / "big.db", root / "million.db"
     report = [header("Big queues", ["benchmarks/bench_big_queue.py", *argv])]
-    try:
-        log(f"building {args.jobs} jobs through the API")
-        t = time.perf_counter()
-        build(big, args.jobs)
-        log(f"  {time.perf_counter() - t:.1f} s")
-        os.environ["DR_EXP_DB"] = str(big)
-        floors = ms(
-            alternate(
-                {"python -c pass": python_floor, "dr_exp --help": cli("--help")},
-                args.repeats,
-                "floor",
-            )
+    log(f"building {args.jobs} jobs through the API")
+    t = time.perf_counter()
+    build(big, args.jobs)
+    log(f"  {time.perf_counter() - t:.1f} s")
+    os.environ["DR_EXP_DB"] = str(big)
+    floors = ms(
+        alternate(
+            {"python -c pass": python_floor, "dr_exp --help": cli("--help")},
+            args.repeats,
+            "floor",
         )
-        whole = ms(
+    )
+    whole = ms(
+        alternate(
+            {
+                "dr_exp status": cli("status"),
+                "dr_exp list --limit 50": cli("list", "--limit", "50"),
+                "dr_exp list --status failed --limit 50": cli(
+                    "list", "--status", "failed", "--limit", "50"
+                ),
+            },
+            args.repeats,
+            "cli",
+        )
+    )
+    inner = ms(
+        alternate(
+            {
+                "status reads": in_process(big, status_reads),
+                "status_counts()": in_process(big, lambda db: db.status_counts()),
+                "list_jobs(limit=50)": in_process(big, lambda db: db.list_jobs(limit=50)),
+                "list_jobs(failed, limit=50)": in_process(
+                    big, lambda db: db.list_jobs(statuses=["failed"], limit=50)
+                ),
+                "claim + finish (median of a round)": claim_latency(big, args.claims),
+            },
+            args.repeats,
+            "in-process",
+        )
+    )
+    retried = ms(
+        alternate({"dr_exp retry --status failed": retry_failed(big)}, args.repeats, "retry")
+    )
+    failed = args.jobs * 5 // 100
+    report += [
+        f"{args.jobs} jobs (70% completed, 5% failed, 500 running, the rest pending):",
+        "",
+        table(floors, "ms"),
+        "",
+        table(whole, "ms"),
+        "",
+        "In-process (open the database and run the reads; no CLI imports):",
+        "",
+        table(inner, "ms"),
+        "",
+        f"`dr_exp retry --status failed` ({failed} failed jobs, failed again before each round):",
+        "",
+        table(retried, "ms"),
+        "",
+        "Query plans (what `status` and `list --limit 50` run):",
+        "",
+        plans(big),
+        "",
+    ]
+    if args.million:
+        log(f"growing to {args.million} rows")
+        grow(big, million, args.million)
+        os.environ["DR_EXP_DB"] = str(million)
+        rows = ms(
             alternate(
                 {
                     "dr_exp status": cli("status"),
-                    "dr_exp list --limit 50": cli("list", "--limit", "50"),
                     "dr_exp list --status failed --limit 50": cli(
                         "list", "--status", "failed", "--limit", "50"
                     ),
-                },
-                args.repeats,
-                "cli",
-            )
-        )
-        inner = ms(
-            alternate(
-                {
-                    "status reads": in_process(big, status_reads),
-                    "status_counts()": in_process(big, lambda db: db.status_counts()),
-                    "list_jobs(limit=50)": in_process(big, lambda db: db.list_jobs(limit=50)),
-                    "list_jobs(failed, limit=50)": in_process(
-                        big, lambda db: db.list_jobs(statuses=["failed"], limit=50)
+                    "status reads, in-process": in_process(million, status_reads),
+                    "status_counts(), in-process": in_process(
+                        million, lambda db: db.status_counts()
                     ),
-                    "claim + finish (median of a round)": claim_latency(big, args.claims),
                 },
                 args.repeats,
-                "in-process",
+                "million",
             )
         )
-        retried = ms(
-            alternate({"dr_exp retry --status failed": retry_failed(big)}, args.repeats, "retry")
-        )
-        failed = args.jobs * 5 // 100
-        report += [
-            f"{args.jobs} jobs (70% completed, 5% failed, 500 running, the rest pending):",
-            "",
-            table(floors, "ms"),
-            "",
-            table(whole, "ms"),
-            "",
-            "In-process (open the database and run the reads; no CLI imports):",
-            "",
-            table(inner, "ms"),
-            "",
-            f"`dr_exp retry --status failed` ({failed} failed jobs, failed again before each round):",
-            "",
-            table(retried, "ms"),
-            "",
-            "Query plans (what `status` and `list --limit 50` run):",
-            "",
-            plans(big),
-            "",
-        ]
-        if args.million:
-            log(f"growing to {args.million} rows")
-            grow(big, million, args.million)
-            os.environ["DR_EXP_DB"] = str(million)
-            rows = ms(
-                alternate(
-                    {
-                        "dr_exp status": cli("status"),
-                        "dr_exp list --status failed --limit 50": cli(
-                            "list", "--status", "failed", "--limit", "50"
-                        ),
-                        "status reads, in-process": in_process(million, status_reads),
-                        "status_counts(), in-process": in_process(
-                            million, lambda db: db.status_counts()
-                        ),
-                    },
-                    args.repeats,
-                    "million",
-                )
-            )
-            report += [f"{args.million} rows:", "", table(rows, "ms"), ""]
-    finally:
-        shutil.rmtree(root, ignore_errors=True)
-    print("\n".join(report))
-    return 0
+        report += [f"{args.million} rows:", "", table(rows, "ms"), ""]
+    return report
 
 
 if __name__ == "__main__":

@@ -28,16 +28,14 @@ from __future__ import annotations
 import argparse
 import multiprocessing
 import os
-import shutil
 import statistics
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Callable
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from harness import alternate, header, log, table  # noqa: E402
+from harness import alternate, header, log, run_report, table  # noqa: E402
 
 FORK = multiprocessing.get_context("fork")
 TELEMETRY = {"gpu_util": 93.0, "gpu_mem_used_mb": 30000.0, "gpu_mem_total_mb": 81920.0}
@@ -190,11 +188,13 @@ def main(argv: list[str]) -> int:
     ap.add_argument("--repeats", type=int, default=3, help="alternated rounds (3)")
     args = ap.parse_args(argv)
 
-    root = Path(tempfile.mkdtemp(prefix="bench_heartbeat_"))
-    os.environ["DR_EXP_SECRET_KEY_FILE"] = str(root / "secret.key")
+    return run_report("bench_heartbeat_", lambda root: measure(root, args, argv))
+
+
+def measure(root: Path, args: argparse.Namespace, argv: list[str]) -> list[str]:
+    """The report's lines, from measurements in ``root`` (a fresh temporary folder)."""
     os.environ["DR_EXP_DB"] = str(root / "jobs.db")
     os.environ["DR_EXP_JOURNAL_MODE"] = "delete"
-    os.environ.pop("DR_EXP_SHARED_KEY_FILE", None)
     path = root / "jobs.db"
     w, hb = args.workers, args.heartbeat_s
     needed = w / hb
@@ -203,71 +203,67 @@ def main(argv: list[str]) -> int:
             "Heartbeats: 500 workers, rollback journal", ["benchmarks/bench_heartbeat.py", *argv]
         )
     ]
-    try:
-        log(f"building {w} workers with running jobs")
-        build(path, w, spare_jobs=50_000)
-        from dr_exp.db import JobDB
+    log(f"building {w} workers with running jobs")
+    build(path, w, spare_jobs=50_000)
+    from dr_exp.db import JobDB
 
-        with JobDB.open(path, create=False) as db:
-            mode = db.conn.execute("PRAGMA journal_mode").fetchone()[0]
-        samples: dict[str, list] = {"combined": [], "separate": []}
-        series = alternate(
-            {
-                "one transaction (beat)": lock_time(path, args.beats, True, samples["combined"]),
-                "two (heartbeat + worker_heartbeat)": lock_time(
-                    path, args.beats, False, samples["separate"]
-                ),
-            },
-            args.repeats,
-            "lock",
+    with JobDB.open(path, create=False) as db:
+        mode = db.conn.execute("PRAGMA journal_mode").fetchone()[0]
+    samples: dict[str, list] = {"combined": [], "separate": []}
+    series = alternate(
+        {
+            "one transaction (beat)": lock_time(path, args.beats, True, samples["combined"]),
+            "two (heartbeat + worker_heartbeat)": lock_time(
+                path, args.beats, False, samples["separate"]
+            ),
+        },
+        args.repeats,
+        "lock",
+    )
+    for s in series.values():
+        s.values = [v * 1000 for v in s.values]
+    combined = series["one transaction (beat)"].median / 1000
+    separate = series["two (heartbeat + worker_heartbeat)"].median / 1000
+    log("flat out: 2 processes beating as fast as they can")
+    flat = run_load(path, w, 0.0, min(args.load_s, 5.0), claim=False)
+    log("claims alone")
+    alone = run_load(path, w, None, args.load_s / 2, claim=True)  # type: ignore[arg-type]
+    log(f"claims while {w} workers beat every {hb:g} s")
+    loaded = run_load(path, w, hb, args.load_s, claim=True)
+    report += [
+        f"Journal mode `{mode}` (synchronous FULL), {w} workers each holding a running job, "
+        f"HEARTBEAT_S = {hb:g} s, so {needed:.0f} heartbeats per second.",
+        "",
+        "Write lock held per heartbeat (ms, mean of each round; uncontended):",
+        "",
+        table(series, "ms"),
+        "",
+        f"- p99 of one beat: {pct(samples['combined'], 0.99) * 1000:.2f} ms "
+        f"(two transactions: {pct(samples['separate'], 0.99) * 1000:.2f} ms)",
+        f"- **share of write capacity used by {w} workers: "
+        f"{100 * combined * needed:.1f}%** (one transaction per beat); "
+        f"{100 * separate * needed:.1f}% with two",
+        f"- sustainable rate, 2 processes flat out: {flat['beats_per_s']:.0f} beats/s, "
+        f"so {w} workers need {100 * needed / flat['beats_per_s']:.1f}% of it",
+        "",
+        f"A worker claiming and finishing jobs back to back ({args.load_s:g} s under load):",
+        "",
+        "| claimer | claims | median (ms) | p99 (ms) | max (ms) |",
+        "|---|---|---|---|---|",
+    ]
+    for name, run in (("alone", alone), (f"with {w} workers beating", loaded)):
+        lat = run["latencies"]
+        report.append(
+            f"| {name} | {len(lat)} | {statistics.median(lat) * 1000:.2f} | "
+            f"{pct(lat, 0.99) * 1000:.2f} | {max(lat) * 1000:.1f} |"
         )
-        for s in series.values():
-            s.values = [v * 1000 for v in s.values]
-        combined = series["one transaction (beat)"].median / 1000
-        separate = series["two (heartbeat + worker_heartbeat)"].median / 1000
-        log("flat out: 2 processes beating as fast as they can")
-        flat = run_load(path, w, 0.0, min(args.load_s, 5.0), claim=False)
-        log("claims alone")
-        alone = run_load(path, w, None, args.load_s / 2, claim=True)  # type: ignore[arg-type]
-        log(f"claims while {w} workers beat every {hb:g} s")
-        loaded = run_load(path, w, hb, args.load_s, claim=True)
-        report += [
-            f"Journal mode `{mode}` (synchronous FULL), {w} workers each holding a running job, "
-            f"HEARTBEAT_S = {hb:g} s, so {needed:.0f} heartbeats per second.",
-            "",
-            "Write lock held per heartbeat (ms, mean of each round; uncontended):",
-            "",
-            table(series, "ms"),
-            "",
-            f"- p99 of one beat: {pct(samples['combined'], 0.99) * 1000:.2f} ms "
-            f"(two transactions: {pct(samples['separate'], 0.99) * 1000:.2f} ms)",
-            f"- **share of write capacity used by {w} workers: "
-            f"{100 * combined * needed:.1f}%** (one transaction per beat); "
-            f"{100 * separate * needed:.1f}% with two",
-            f"- sustainable rate, 2 processes flat out: {flat['beats_per_s']:.0f} beats/s, "
-            f"so {w} workers need {100 * needed / flat['beats_per_s']:.1f}% of it",
-            "",
-            f"A worker claiming and finishing jobs back to back ({args.load_s:g} s under load):",
-            "",
-            "| claimer | claims | median (ms) | p99 (ms) | max (ms) |",
-            "|---|---|---|---|---|",
-        ]
-        for name, run in (("alone", alone), (f"with {w} workers beating", loaded)):
-            lat = run["latencies"]
-            report.append(
-                f"| {name} | {len(lat)} | {statistics.median(lat) * 1000:.2f} | "
-                f"{pct(lat, 0.99) * 1000:.2f} | {max(lat) * 1000:.1f} |"
-            )
-        report += [
-            "",
-            f"- heartbeats delivered under load: {loaded['beats_per_s']:.1f}/s of {needed:.0f}/s "
-            f"needed (latest beat behind its schedule: {loaded['late_s'] * 1000:.0f} ms)",
-            "",
-        ]
-    finally:
-        shutil.rmtree(root, ignore_errors=True)
-    print("\n".join(report))
-    return 0
+    report += [
+        "",
+        f"- heartbeats delivered under load: {loaded['beats_per_s']:.1f}/s of {needed:.0f}/s "
+        f"needed (latest beat behind its schedule: {loaded['late_s'] * 1000:.0f} ms)",
+        "",
+    ]
+    return report
 
 
 if __name__ == "__main__":

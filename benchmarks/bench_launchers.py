@@ -37,6 +37,10 @@ from pathlib import Path
 from typing import Dict, List, Optional
 
 HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+
+from harness import require_positive  # noqa: E402
+
 APP = HERE / "noop_app.py"
 APP_SHOWN = "python benchmarks/noop_app.py"  # how commands are written in the report
 
@@ -86,28 +90,43 @@ def log(msg: str) -> None:
     print(f"[bench] {msg}", file=sys.stderr, flush=True)
 
 
-def overrides_for(launcher_args: List[str], jobs: int) -> List[str]:
+def overrides_for(
+    launcher_args: List[str], jobs: int, grid: Optional[List[str]] = None
+) -> List[str]:
+    """The sweep's overrides: ``grid`` (by default ``x`` over ``jobs`` values), then the
+    launcher's."""
     # An explicit, relative sweep dir: each run's outputs land in its own temp dir,
     # where they can be counted.
-    return [f"x=range(0,{jobs})", *launcher_args, "hydra.sweep.dir=sweep"]
+    return [*(grid or [f"x=range(0,{jobs})"]), *launcher_args, "hydra.sweep.dir=sweep"]
 
 
 def shown_command(launcher_args: List[str], jobs: int) -> str:
     return f"{APP_SHOWN} -m {' '.join(overrides_for(launcher_args, jobs))}"
 
 
-def run_app(name: str, launcher_args: List[str], jobs: int, timeout: float) -> tuple[float, Path]:
-    """Run one sweep in a fresh temp dir; return (wall seconds, that dir).
+def run_env(workdir: Path) -> Dict[str, str]:
+    """The environment of every command of one run: its queue and signing key in ``workdir``."""
+    env = dict(os.environ)
+    env["DR_EXP_DB"] = str(workdir / "jobs.db")
+    env["DR_EXP_SECRET_KEY_FILE"] = str(workdir / "secret.key")
+    env["HYDRA_FULL_ERROR"] = "1"
+    return env
+
+
+def run_app(
+    name: str,
+    launcher_args: List[str],
+    jobs: int,
+    timeout: float,
+    grid: Optional[List[str]] = None,
+) -> tuple[float, Path]:
+    """Run one sweep (``overrides_for``) in a fresh temp dir; return (wall seconds, that dir).
 
     The dir is the caller's to verify and delete.  dr_exp's database and signing
     key are pointed into it so no run sees another's queue or touches ~/.config.
     """
     workdir = Path(tempfile.mkdtemp(prefix=f"bench-{name}-"))
-    env = dict(os.environ)
-    env["DR_EXP_DB"] = str(workdir / "jobs.db")
-    env["DR_EXP_SECRET_KEY_FILE"] = str(workdir / "secret.key")
-    env["HYDRA_FULL_ERROR"] = "1"
-    cmd = [sys.executable, str(APP), "-m", *overrides_for(launcher_args, jobs)]
+    cmd = [sys.executable, str(APP), "-m", *overrides_for(launcher_args, jobs, grid)]
     output = workdir / "output.log"
     with open(output, "wb") as out:
         start = time.perf_counter()
@@ -115,7 +134,7 @@ def run_app(name: str, launcher_args: List[str], jobs: int, timeout: float) -> t
             proc = subprocess.run(
                 cmd,
                 cwd=workdir,
-                env=env,
+                env=run_env(workdir),
                 stdin=subprocess.DEVNULL,
                 stdout=out,
                 stderr=subprocess.STDOUT,
@@ -158,6 +177,7 @@ def dr_exp_count(workdir: Path, status: str) -> int:
             "--db",
             str(workdir / "jobs.db"),
         ],
+        env=run_env(workdir),
         check=True,
         capture_output=True,
         text=True,
@@ -344,9 +364,7 @@ def parse_args(argv: List[str]) -> argparse.Namespace:
     unknown = [n for n in args.only if n not in SWEEP_LAUNCHERS]
     if unknown or not args.only:
         p.error(f"--only: unknown launcher(s) {unknown}; choose from {', '.join(SWEEP_LAUNCHERS)}")
-    for flag in ("jobs", "repeats", "queue_jobs", "queue_repeats"):
-        if getattr(args, flag) < 1:
-            p.error(f"--{flag.replace('_', '-')} must be 1 or more")
+    require_positive(p, args, "jobs", "repeats", "queue_jobs", "queue_repeats")
     return args
 
 

@@ -35,13 +35,12 @@ import os
 import shutil
 import sqlite3
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Callable, Dict
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from harness import Series, alternate, header, log, ratio  # noqa: E402
+from harness import Series, alternate, header, log, ratio, run_report  # noqa: E402
 
 CHUNK = 5000
 FORK = multiprocessing.get_context("fork")
@@ -289,73 +288,70 @@ def main(argv: list[str]) -> int:
     ap.add_argument("--skip-wal", action="store_true", help="the rollback journal only")
     args = ap.parse_args(argv)
 
-    root = Path(tempfile.mkdtemp(prefix="bench_queue_"))
-    os.environ["DR_EXP_SECRET_KEY_FILE"] = str(root / "secret.key")
+    return run_report("bench_queue_", lambda root: measure(root, args, argv))
+
+
+def measure(root: Path, args: argparse.Namespace, argv: list[str]) -> list[str]:
+    """The report's lines, from measurements in ``root`` (a fresh temporary folder)."""
     os.environ["DR_EXP_DB"] = str(root / "unused.db")
-    os.environ.pop("DR_EXP_SHARED_KEY_FILE", None)
     bench = Bench(root)
     p = args.processes
     report = [
         header("Queue engine: claim + finish", ["benchmarks/bench_queue.py", *argv], ["huey"])
     ]
-    try:
-        if not args.skip_wal:
-            os.environ["DR_EXP_JOURNAL_MODE"] = "wal"
-            contenders = {
-                "dr_exp, 1 process": bench.dr_exp(args.jobs, 1),
-                f"dr_exp, {p} processes": bench.dr_exp(args.jobs, p),
-                "bare SQL, 1 process": bench.bare(args.jobs, 1, "wal"),
-                f"bare SQL, {p} processes": bench.bare(args.jobs, p, "wal"),
-                "huey, 1 process": bench.huey(args.jobs, 1),
-                f"huey, {p} processes": bench.huey(args.jobs, p),
-            }
-            wal = alternate(contenders, args.repeats, "wal")
-            report += [
-                f"WAL, {args.jobs} jobs, {args.repeats} alternated rounds (claims per second, "
-                "claim and finish in one transaction for dr_exp and the bare SQL):",
-                "",
-                rate_table(wal),
-                "",
-                ratio_lines(
-                    wal,
-                    [
-                        ("dr_exp, 1 process", "huey, 1 process"),
-                        (f"dr_exp, {p} processes", f"huey, {p} processes"),
-                        ("dr_exp, 1 process", "bare SQL, 1 process"),
-                        (f"dr_exp, {p} processes", f"bare SQL, {p} processes"),
-                    ],
-                ),
-                "",
-            ]
-        if not args.skip_delete:
-            os.environ["DR_EXP_JOURNAL_MODE"] = "delete"
-            n = args.delete_jobs
-            contenders = {
-                "dr_exp, 1 process": bench.dr_exp(n, 1),
-                f"dr_exp, {p} processes": bench.dr_exp(n, p),
-                "bare SQL, 1 process": bench.bare(n, 1, "delete"),
-                f"bare SQL, {p} processes": bench.bare(n, p, "delete"),
-            }
-            delete = alternate(contenders, args.repeats, "delete")
-            report += [
-                f"Rollback journal (DELETE, synchronous FULL: the network-filesystem mode), "
-                f"{n} jobs:",
-                "",
-                rate_table(delete),
-                "",
-                ratio_lines(
-                    delete,
-                    [
-                        ("dr_exp, 1 process", "bare SQL, 1 process"),
-                        (f"dr_exp, {p} processes", f"bare SQL, {p} processes"),
-                    ],
-                ),
-                "",
-            ]
-    finally:
-        shutil.rmtree(root, ignore_errors=True)
-    print("\n".join(report))
-    return 0
+    if not args.skip_wal:
+        os.environ["DR_EXP_JOURNAL_MODE"] = "wal"
+        contenders = {
+            "dr_exp, 1 process": bench.dr_exp(args.jobs, 1),
+            f"dr_exp, {p} processes": bench.dr_exp(args.jobs, p),
+            "bare SQL, 1 process": bench.bare(args.jobs, 1, "wal"),
+            f"bare SQL, {p} processes": bench.bare(args.jobs, p, "wal"),
+            "huey, 1 process": bench.huey(args.jobs, 1),
+            f"huey, {p} processes": bench.huey(args.jobs, p),
+        }
+        wal = alternate(contenders, args.repeats, "wal")
+        report += [
+            f"WAL, {args.jobs} jobs, {args.repeats} alternated rounds (claims per second, "
+            "claim and finish in one transaction for dr_exp and the bare SQL):",
+            "",
+            rate_table(wal),
+            "",
+            ratio_lines(
+                wal,
+                [
+                    ("dr_exp, 1 process", "huey, 1 process"),
+                    (f"dr_exp, {p} processes", f"huey, {p} processes"),
+                    ("dr_exp, 1 process", "bare SQL, 1 process"),
+                    (f"dr_exp, {p} processes", f"bare SQL, {p} processes"),
+                ],
+            ),
+            "",
+        ]
+    if not args.skip_delete:
+        os.environ["DR_EXP_JOURNAL_MODE"] = "delete"
+        n = args.delete_jobs
+        contenders = {
+            "dr_exp, 1 process": bench.dr_exp(n, 1),
+            f"dr_exp, {p} processes": bench.dr_exp(n, p),
+            "bare SQL, 1 process": bench.bare(n, 1, "delete"),
+            f"bare SQL, {p} processes": bench.bare(n, p, "delete"),
+        }
+        delete = alternate(contenders, args.repeats, "delete")
+        report += [
+            f"Rollback journal (DELETE, synchronous FULL: the network-filesystem mode), {n} jobs:",
+            "",
+            rate_table(delete),
+            "",
+            ratio_lines(
+                delete,
+                [
+                    ("dr_exp, 1 process", "bare SQL, 1 process"),
+                    (f"dr_exp, {p} processes", f"bare SQL, {p} processes"),
+                ],
+            ),
+            "",
+        ]
+    return report
 
 
 if __name__ == "__main__":

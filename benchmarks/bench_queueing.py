@@ -16,29 +16,26 @@ exactly the expected number of pending jobs, through ``dr_exp list``.
 from __future__ import annotations
 
 import argparse
-import json
 import math
-import os
 import shlex
 import shutil
-import subprocess
 import sys
-import tempfile
-import time
 from pathlib import Path
 from typing import Callable, List, Optional
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-from harness import alternate, header, table  # noqa: E402
+from bench_launchers import (  # noqa: E402
+    APP_SHOWN,
+    BenchError,
+    dr_exp_count,
+    overrides_for,
+    run_app,
+)
+from harness import alternate, header, require_positive, table  # noqa: E402
 
-APP = HERE / "noop_app.py"
 QUEUE_ONLY = ["hydra/launcher=dr_exp", "hydra.launcher.wait=false", "hydra.launcher.workers=0"]
-
-
-class BenchError(RuntimeError):
-    """A run failed or queued the wrong number of jobs: its time would be a lie."""
 
 
 def grid(jobs: int) -> List[str]:
@@ -49,57 +46,19 @@ def grid(jobs: int) -> List[str]:
     return [f"x=range(0,{jobs})"]
 
 
-def overrides(sweeper: str, jobs: int) -> List[str]:
-    return [*grid(jobs), f"hydra/sweeper={sweeper}", *QUEUE_ONLY, "hydra.sweep.dir=sweep"]
+def launcher_args(sweeper: str) -> List[str]:
+    return [f"hydra/sweeper={sweeper}", *QUEUE_ONLY]
 
 
 def shown(sweeper: str, jobs: int) -> str:
-    return "python benchmarks/noop_app.py -m " + shlex.join(overrides(sweeper, jobs))
-
-
-def pending(workdir: Path, env: dict) -> int:
-    out = subprocess.run(
-        [sys.executable, "-m", "dr_exp", "list", "--status", "pending", "--format", "json"]
-        + ["--limit", "1000000", "--db", str(workdir / "jobs.db")],
-        env=env,
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout
-    return len(json.loads(out))
+    return f"{APP_SHOWN} -m " + shlex.join(overrides_for(launcher_args(sweeper), jobs, grid(jobs)))
 
 
 def queue_once(sweeper: str, jobs: int, timeout: float) -> float:
     """One whole command in a fresh temp dir; its wall seconds, once the queue is checked."""
-    workdir = Path(tempfile.mkdtemp(prefix=f"bench-queue-{sweeper}-"))
-    env = dict(os.environ)
-    env["DR_EXP_DB"] = str(workdir / "jobs.db")
-    env["DR_EXP_SECRET_KEY_FILE"] = str(workdir / "secret.key")
-    env["HYDRA_FULL_ERROR"] = "1"
-    cmd = [sys.executable, str(APP), "-m", *overrides(sweeper, jobs)]
-    log_path = workdir / "output.log"
+    seconds, workdir = run_app(sweeper, launcher_args(sweeper), jobs, timeout, grid(jobs))
     try:
-        with open(log_path, "wb") as out:
-            start = time.perf_counter()
-            try:
-                proc = subprocess.run(
-                    cmd,
-                    cwd=workdir,
-                    env=env,
-                    stdin=subprocess.DEVNULL,
-                    stdout=out,
-                    stderr=subprocess.STDOUT,
-                    timeout=timeout,
-                )
-            except subprocess.TimeoutExpired:
-                raise BenchError(f"{sweeper}: timed out after {timeout:.0f}s") from None
-            seconds = time.perf_counter() - start
-        if proc.returncode != 0:
-            tail = "\n".join(log_path.read_text(errors="replace").splitlines()[-20:])
-            raise BenchError(
-                f"{sweeper}: exit code {proc.returncode} from {shlex.join(cmd)}:\n{tail}"
-            )
-        found = pending(workdir, env)
+        found = dr_exp_count(workdir, "pending")
         if found != jobs:
             raise BenchError(f"{sweeper}: expected {jobs} pending jobs, found {found}")
         return seconds
@@ -114,9 +73,7 @@ def parse_args(argv: List[str]) -> argparse.Namespace:
     p.add_argument("--repeats", type=int, default=3, help="alternated rounds (3)")
     p.add_argument("--timeout", type=float, default=1800, help="seconds before a run is abandoned")
     args = p.parse_args(argv)
-    for flag in ("jobs", "basic_jobs", "repeats"):
-        if getattr(args, flag) < 1:
-            p.error(f"--{flag.replace('_', '-')} must be 1 or more")
+    require_positive(p, args, "jobs", "basic_jobs", "repeats")
     return args
 
 

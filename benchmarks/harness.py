@@ -10,14 +10,18 @@ the markdown report goes to stdout, ready for docs/benchmarks.md.
 
 from __future__ import annotations
 
+import argparse
 import datetime
 import os
 import platform
 import shlex
+import shutil
 import statistics
 import sys
+import tempfile
 from dataclasses import dataclass, field
 from importlib import metadata
+from pathlib import Path
 from typing import Callable, Dict, List, Optional, Sequence
 
 
@@ -104,3 +108,30 @@ def header(title: str, argv: Sequence[str], packages: Sequence[str] = ()) -> str
             "",
         ]
     )
+
+
+def require_positive(
+    parser: argparse.ArgumentParser, args: argparse.Namespace, *flags: str
+) -> None:
+    """A usage error (exit 2) unless each of ``flags`` (their ``args`` names) is 1 or more."""
+    for flag in flags:
+        if getattr(args, flag) < 1:
+            parser.error(f"--{flag.replace('_', '-')} must be 1 or more")
+
+
+def run_report(prefix: str, measure: Callable[[Path], List[str]]) -> int:
+    """Run ``measure`` in a fresh temporary folder, removed afterwards whatever happens, and
+    print the report lines it returns (markdown, on stdout); ``main``'s exit code, 0.
+
+    The folder holds this process's signing key (``DR_EXP_SECRET_KEY_FILE``; no shared
+    key), so a benchmark never touches the user's.
+    """
+    root = Path(tempfile.mkdtemp(prefix=prefix))
+    os.environ["DR_EXP_SECRET_KEY_FILE"] = str(root / "secret.key")
+    os.environ.pop("DR_EXP_SHARED_KEY_FILE", None)
+    try:
+        lines = measure(root)
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+    print("\n".join(lines))
+    return 0

@@ -10,12 +10,10 @@ from __future__ import annotations
 import json
 import signal
 import sqlite3
-import subprocess
-import sys
 from pathlib import Path
 
 from conftest import ROOT, run_app, run_cli
-from test_fencing import FAST, history, queue, runs, worker
+from test_fencing import history, queue, runs, worker
 from test_fleet import alive
 from test_worker import jobs, wait_for
 
@@ -152,11 +150,7 @@ def test_each_job_imports_the_projects_code_as_it_is_on_disk(tmp_path: Path, db_
     launch = ("hydra/launcher=dr_exp", "hydra.launcher.wait=false", "hydra.launcher.workers=0")
     run_app(a / "proj.py", "-m", "+x=1", *launch, cwd=a)
     log = tmp_path / "worker.log"
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "dr_exp", "worker", *FAST, "--idle-timeout", "0"],
-        stdout=open(log, "ab"),
-        stderr=subprocess.STDOUT,
-    )
+    proc = worker(log, "--idle-timeout", "0")
     try:
         done = lambda n: sum(r["status"] == "completed" for r in jobs(db_path)) == n  # noqa: E731
         wait_for(lambda: done(1), what="project a's first job")

@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 
 from conftest import run_app, run_cli
-from test_fencing import FAST
+from test_fencing import FAST, worker
 from test_worker import jobs, wait_for
 
 APP = """\
@@ -36,6 +36,8 @@ if __name__ == "__main__":
     main()
 """
 
+LAUNCH = ("hydra/launcher=dr_exp", "hydra.launcher.wait=false", "hydra.launcher.workers=0")
+
 
 def write(folder: Path, value: str, y: int) -> None:
     (folder / "conf").mkdir(parents=True, exist_ok=True)
@@ -43,20 +45,21 @@ def write(folder: Path, value: str, y: int) -> None:
     (folder / "conf" / "config.yaml").write_text(f"x: 0\ny: {y}\n")
 
 
-def test_jobs_fork_from_one_server_that_is_replaced_when_the_code_changes(
-    tmp_path: Path, db_path: Path
-) -> None:
+def make_project(tmp_path: Path) -> Path:
+    """The project in ``tmp_path/proj``: APP, helpers.VALUE "v1" and y: 1 in its config."""
     project = tmp_path / "proj"
     write(project, "v1", 1)
     (project / "app.py").write_text(APP)
-    launch = ("hydra/launcher=dr_exp", "hydra.launcher.wait=false", "hydra.launcher.workers=0")
-    run_app(project / "app.py", "-m", "x=1,2,3,4", *launch, cwd=project)
+    return project
+
+
+def test_jobs_fork_from_one_server_that_is_replaced_when_the_code_changes(
+    tmp_path: Path, db_path: Path
+) -> None:
+    project = make_project(tmp_path)
+    run_app(project / "app.py", "-m", "x=1,2,3,4", *LAUNCH, cwd=project)
     log = tmp_path / "worker.log"
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "dr_exp", "worker", *FAST, "--idle-timeout", "0"],
-        stdout=open(log, "ab"),
-        stderr=subprocess.STDOUT,
-    )
+    proc = worker(log, "--idle-timeout", "0")
     try:
         wait_for(lambda: (project / "started").exists(), what="job 1 to start")
         write(project, "v2-edited", 1)  # a module fixed while the sweep runs
@@ -79,13 +82,10 @@ def test_jobs_fork_from_one_server_that_is_replaced_when_the_code_changes(
 
 
 def test_fork_server_false_forks_each_job_from_the_worker(tmp_path: Path, db_path: Path) -> None:
-    project = tmp_path / "proj"
-    write(project, "v1", 1)
-    (project / "app.py").write_text(APP)
+    project = make_project(tmp_path)
     (project / "go").touch()
-    launch = ("hydra/launcher=dr_exp", "hydra.launcher.wait=false", "hydra.launcher.workers=0")
     run_app(
-        project / "app.py", "-m", "x=1,2", *launch, "hydra.launcher.fork_server=false", cwd=project
+        project / "app.py", "-m", "x=1,2", *LAUNCH, "hydra.launcher.fork_server=false", cwd=project
     )
     proc = subprocess.run(
         [sys.executable, "-m", "dr_exp", "worker", *FAST, "--idle-timeout", "1"],
@@ -108,19 +108,12 @@ def test_a_sweep_that_did_not_load_loads_again_once_its_module_is_back(
     tmp_path: Path, db_path: Path
 ) -> None:
     """A fork server whose sweep failed to load is not kept: after the fix, a retry runs."""
-    project = tmp_path / "proj"
-    write(project, "v1", 1)
-    (project / "app.py").write_text(APP)
+    project = make_project(tmp_path)
     (project / "go").touch()
-    launch = ("hydra/launcher=dr_exp", "hydra.launcher.wait=false", "hydra.launcher.workers=0")
-    run_app(project / "app.py", "-m", "x=2", *launch, cwd=project)
+    run_app(project / "app.py", "-m", "x=2", *LAUNCH, cwd=project)
     (project / "helpers.py").rename(project / "helpers.bak")  # the module is gone
     log = tmp_path / "worker.log"
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "dr_exp", "worker", *FAST, "--idle-timeout", "0"],
-        stdout=open(log, "ab"),
-        stderr=subprocess.STDOUT,
-    )
+    proc = worker(log, "--idle-timeout", "0")
     try:
         wait_for(lambda: jobs(db_path)[0]["status"] == "failed", what="the failure")
         assert "No module named 'helpers'" in jobs(db_path)[0]["error"]

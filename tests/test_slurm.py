@@ -53,12 +53,18 @@ def slurm() -> None:
 @pytest.fixture(autouse=True)
 def cancel_leftovers(slurm):
     yield
-    subprocess.run(["scancel", f"--name={JOB_NAME}"], capture_output=True)
-    wait_for(lambda: not squeue(), timeout=60, what="test arrays to leave the queue")
+    cancel_arrays(JOB_NAME)
 
 
-def squeue() -> list[str]:
-    out = subprocess.run(["squeue", "-h", f"--name={JOB_NAME}", "-o", "%i %T"],
+def cancel_arrays(name: str) -> None:
+    """Cancel every array named ``name`` and wait until they have left the queue."""
+    subprocess.run(["scancel", f"--name={name}"], capture_output=True)
+    wait_for(lambda: not squeue(name), timeout=60, what="test arrays to leave the queue")
+
+
+def squeue(name: str = JOB_NAME) -> list[str]:
+    """The tasks of the arrays named ``name`` in the queue: "<job id> <state>" each."""
+    out = subprocess.run(["squeue", "-h", f"--name={name}", "-o", "%i %T"],
                          capture_output=True, text=True).stdout  # fmt: skip
     return [line for line in out.splitlines() if line.strip()]
 

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 from conftest import ROOT, run_app, run_cli
-from test_slurm import require_cluster
+from test_slurm import cancel_arrays, require_cluster, squeue
 from test_worker import jobs, wait_for
 
 from dr_exp import allocation
@@ -148,14 +148,7 @@ def test_a_worker_with_max_hours_skips_a_sweep_whose_median_outlasts_it(
 def slurm() -> None:
     require_cluster()
     yield
-    subprocess.run(["scancel", f"--name={JOB_NAME}"], capture_output=True)
-    wait_for(lambda: not squeue(), timeout=60, what="test arrays to leave the queue")
-
-
-def squeue() -> list[str]:
-    out = subprocess.run(["squeue", "-h", f"--name={JOB_NAME}", "-o", "%i %T"],
-                         capture_output=True, text=True).stdout  # fmt: skip
-    return [line for line in out.splitlines() if line.strip()]
+    cancel_arrays(JOB_NAME)
 
 
 def sacct_states(job_id: str) -> list[str]:
@@ -195,8 +188,8 @@ def test_a_task_skips_jobs_longer_than_its_time_left_and_gives_the_allocation_ba
     run_app(APP, "-m", "mode=ok", "x=range(10,13)", *slurm_args(
         tmp_path, 5, "hydra.launcher.expected_minutes=30", "hydra.launcher.slurm.requeue=true",
         "hydra.launcher.wait=false", "hydra.launcher.idle_timeout=600"), cwd=tmp_path)  # fmt: skip
-    (array,) = [line.split()[0].split("_")[0] for line in squeue()]
-    wait_for(lambda: not squeue(), timeout=150, what="the array task to give its node back")
+    (array,) = [line.split()[0].split("_")[0] for line in squeue(JOB_NAME)]
+    wait_for(lambda: not squeue(JOB_NAME), timeout=150, what="the array task to give its node back")
     rows = {r["overrides"][-1]: r for r in jobs(db_path)}
     for x in range(3):
         assert rows[f"x={x}"]["status"] == "completed"
@@ -265,7 +258,7 @@ def test_slurms_time_limit_warning_puts_jobs_back_and_requeues_the_task(
             f"marker_dir={markers}", *slurm_args(
                 tmp_path, 60, "hydra.launcher.slurm.requeue=true", "hydra.launcher.wait=false",
                 "hydra.launcher.idle_timeout=5"), cwd=tmp_path)  # fmt: skip
-    (task,) = [line.split()[0] for line in squeue()]
+    (task,) = [line.split()[0] for line in squeue(JOB_NAME)]
     wait_for(lambda: len(list(markers.glob("*.start"))) == 2, timeout=120,
              what="two jobs to start")  # fmt: skip
     subprocess.run(["scancel", "--signal=USR2", task], check=True)
