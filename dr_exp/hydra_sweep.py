@@ -145,14 +145,15 @@ class HydraSweep(JobContext):
             # The ``hydra:`` resolver's view while the folder is resolved; run_job sets its
             # own (a masked, read-only copy) first thing, as under the basic launcher.
             HydraConfig.instance().cfg = sweep_config
-            output_dir = os.path.abspath(
+            folder = os.path.abspath(
                 os.path.join(
                     str(OmegaConf.select(sweep_config, "hydra.sweep.dir")),
                     str(OmegaConf.select(sweep_config, "hydra.sweep.subdir")),
                 )
             )
+            jobfiles.job_started(folder, job)  # FolderTaken: another job's, left as it is
+            output_dir = folder
             report({"output_dir": output_dir})
-            jobfiles.job_started(output_dir, job)
             ret = run_job(
                 hydra_context=sweep.hydra_context,
                 task_function=sweep.task_function,

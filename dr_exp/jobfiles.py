@@ -22,6 +22,8 @@ import time
 from pathlib import Path
 from typing import Any, Iterable, Optional
 
+from dr_exp.errors import UserError
+from dr_exp.identity import normalize_overrides
 from dr_exp.paths import ENV_EXPERIMENT, ENV_JOB_ID, ENV_OUTPUT_DIR, ENV_WORKER_ID
 
 JOB_FILE = "job.json"
@@ -46,26 +48,23 @@ def write_bytes(path: str, data: bytes) -> None:
     os.replace(tmp, path)
 
 
+class FolderTaken(UserError):
+    """The output folder holds another job's ``job.json``: two sweeps resolved to one folder."""
+
+
 def job_started(output_dir: str, job: Any, worker_id: Optional[str] = None) -> None:
-    """In the job process, before the job runs: set the environment, write ``job.json``.
+    """In the job process, before the job runs: take the folder, set the environment.
 
-    The environment (``$DR_EXP_JOB_ID``, ``$DR_EXP_OUTPUT_DIR``) is for
-    StructuredLogger and for the job's own code.
-
-    An earlier attempt's ``error.txt`` is removed, so the folder tells the truth
-    about this attempt.
+    The folder is taken by creating its ``job.json`` (see ``_take_folder``); FolderTaken,
+    with nothing in the folder changed, when another job's results are there.  The
+    environment (``$DR_EXP_JOB_ID``, ``$DR_EXP_OUTPUT_DIR``) is for StructuredLogger and
+    for the job's own code.  An earlier attempt's ``error.txt`` is removed, so the folder
+    tells the truth about this attempt.
     """
-    os.environ[ENV_JOB_ID] = str(job.id)
-    os.environ[ENV_OUTPUT_DIR] = output_dir
-    os.environ[ENV_EXPERIMENT] = str(job.experiment)
     folder = Path(output_dir)
     folder.mkdir(parents=True, exist_ok=True)
-    try:
-        (folder / ERROR_FILE).unlink()
-    except FileNotFoundError:
-        pass
-    write_json(
-        folder / JOB_FILE,
+    _take_folder(
+        folder,
         {
             "id": job.id,
             "experiment": job.experiment,
@@ -77,6 +76,60 @@ def job_started(output_dir: str, job: Any, worker_id: Optional[str] = None) -> N
             "started": time.time(),
         },
     )
+    os.environ[ENV_JOB_ID] = str(job.id)
+    os.environ[ENV_OUTPUT_DIR] = output_dir
+    os.environ[ENV_EXPERIMENT] = str(job.experiment)
+    try:
+        (folder / ERROR_FILE).unlink()
+    except FileNotFoundError:
+        pass
+
+
+def _take_folder(folder: Path, record: dict) -> None:
+    """Write ``record`` as the folder's ``job.json`` unless another job's is there.
+
+    Two sweeps can resolve to one folder: two queued within the same second get the
+    same default ``${now:...}`` folder, and a re-run into a fixed ``hydra.sweep.dir``
+    numbers its new jobs from 0.  The basic launcher, running one sweep at a time,
+    overwrites the earlier job's results; here both jobs may even start at once.  The
+    file is written under a temporary name and linked into place, which succeeds for
+    exactly one of two jobs starting together; the other reads whose folder it is.  The
+    same job again (an earlier attempt, a re-run of the same overrides) takes it over.
+    """
+    path = folder / JOB_FILE
+    tmp = folder / f".{JOB_FILE}.{os.getpid()}.tmp"
+    tmp.write_text(json.dumps(record, indent=2, default=str) + "\n")
+    try:
+        try:
+            os.link(tmp, path)  # atomic: fails when the file exists
+            return
+        except FileExistsError:
+            pass
+        except OSError:  # a filesystem without hard links: look, then write
+            pass
+        other = read_job_file(folder)
+        if other is not None and not _same_job(other, record):
+            raise FolderTaken(
+                f"{folder} holds job {other.get('id')}'s results "
+                f"({' '.join(other.get('overrides') or []) or 'no overrides'}), not this job's "
+                f"({' '.join(record['overrides']) or 'no overrides'}): two sweeps resolved to "
+                "one folder (queued in the same second, or a reused hydra.sweep.dir); nothing "
+                "there was changed; queue this job again with another hydra.sweep.dir"
+            )
+        os.replace(tmp, path)
+    finally:
+        try:
+            tmp.unlink()
+        except FileNotFoundError:
+            pass
+
+
+def _same_job(a: dict, b: dict) -> bool:
+    """The same experiment and overrides: this job's earlier attempt, or a re-run of it (a
+    job's id alone would match another queue's job)."""
+    return a.get("experiment") == b["experiment"] and normalize_overrides(
+        a.get("overrides") or []
+    ) == normalize_overrides(b["overrides"])
 
 
 def job_ended(output_dir: Optional[str], result: dict) -> None:
