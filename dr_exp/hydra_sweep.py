@@ -151,7 +151,9 @@ class HydraSweep(JobContext):
                     str(OmegaConf.select(sweep_config, "hydra.sweep.subdir")),
                 )
             )
-            jobfiles.job_started(folder, job)  # FolderTaken: another job's, left as it is
+            # A ${now:...} folder was not chosen: FolderTaken if it holds another job's results.
+            chosen = OmegaConf.to_container(sweep_config.hydra.sweep, resolve=False)["dir"]
+            jobfiles.job_started(folder, job, exclusive="${now:" in str(chosen))
             output_dir = folder
             report({"output_dir": output_dir})
             ret = run_job(

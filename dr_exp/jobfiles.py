@@ -52,10 +52,12 @@ class FolderTaken(UserError):
     """The output folder holds another job's ``job.json``: two sweeps resolved to one folder."""
 
 
-def job_started(output_dir: str, job: Any, worker_id: Optional[str] = None) -> None:
-    """In the job process, before the job runs: take the folder, set the environment.
+def job_started(
+    output_dir: str, job: Any, worker_id: Optional[str] = None, exclusive: bool = False
+) -> None:
+    """In the job process, before the job runs: write ``job.json``, set the environment.
 
-    The folder is taken by creating its ``job.json`` (see ``_take_folder``); FolderTaken,
+    ``exclusive`` (a folder the user did not choose, see ``_take_folder``): FolderTaken,
     with nothing in the folder changed, when another job's results are there.  The
     environment (``$DR_EXP_JOB_ID``, ``$DR_EXP_OUTPUT_DIR``) is for StructuredLogger and
     for the job's own code.  An earlier attempt's ``error.txt`` is removed, so the folder
@@ -63,8 +65,8 @@ def job_started(output_dir: str, job: Any, worker_id: Optional[str] = None) -> N
     """
     folder = Path(output_dir)
     folder.mkdir(parents=True, exist_ok=True)
-    _take_folder(
-        folder,
+    (_take_folder if exclusive else write_json)(
+        folder / JOB_FILE,
         {
             "id": job.id,
             "experiment": job.experiment,
@@ -85,18 +87,19 @@ def job_started(output_dir: str, job: Any, worker_id: Optional[str] = None) -> N
         pass
 
 
-def _take_folder(folder: Path, record: dict) -> None:
-    """Write ``record`` as the folder's ``job.json`` unless another job's is there.
+def _take_folder(path: Path, record: dict) -> None:
+    """Write ``record`` as the ``job.json`` at ``path`` unless another job's is there.
 
-    Two sweeps can resolve to one folder: two queued within the same second get the
-    same default ``${now:...}`` folder, and a re-run into a fixed ``hydra.sweep.dir``
-    numbers its new jobs from 0.  The basic launcher, running one sweep at a time,
-    overwrites the earlier job's results; here both jobs may even start at once.  The
-    file is written under a temporary name and linked into place, which succeeds for
-    exactly one of two jobs starting together; the other reads whose folder it is.  The
-    same job again (an earlier attempt, a re-run of the same overrides) takes it over.
+    Two sweeps queued within the same second get the same default ``${now:...}``
+    folder, and their jobs the same numbered folders in it.  The basic launcher, one
+    sweep at a time, would overwrite the first one's results; here both jobs may even
+    start at once.  The file is written under a temporary name and linked into place,
+    which succeeds for exactly one of two jobs starting together; the other reads whose
+    folder it is.  The same job again (an earlier attempt, a re-run of the same
+    overrides) takes it over.  A folder the user chose (a fixed ``hydra.sweep.dir``) is
+    not checked: running a changed job in it again, to resume it, is theirs to decide.
     """
-    path = folder / JOB_FILE
+    folder = path.parent
     tmp = folder / f".{JOB_FILE}.{os.getpid()}.tmp"
     tmp.write_text(json.dumps(record, indent=2, default=str) + "\n")
     try:
@@ -112,9 +115,9 @@ def _take_folder(folder: Path, record: dict) -> None:
             raise FolderTaken(
                 f"{folder} holds job {other.get('id')}'s results "
                 f"({' '.join(other.get('overrides') or []) or 'no overrides'}), not this job's "
-                f"({' '.join(record['overrides']) or 'no overrides'}): two sweeps resolved to "
-                "one folder (queued in the same second, or a reused hydra.sweep.dir); nothing "
-                "there was changed; queue this job again with another hydra.sweep.dir"
+                f"({' '.join(record['overrides']) or 'no overrides'}): two sweeps queued close "
+                "together resolved to the same ${now:...} folder; nothing there was changed; "
+                "queue this job again (a new sweep gets a new folder) or set hydra.sweep.dir"
             )
         os.replace(tmp, path)
     finally:

@@ -110,24 +110,22 @@ class TrainerSweep(JobContext):
         from dr_exp.jobfiles import write_error_file
         from dr_exp.returns import error_summary, to_json
 
-        folder = os.path.join(job.sweep_dir or self.sweep_dir, job.sweep_subdir or str(job.id))
-        output_dir: Optional[str] = None
+        output_dir = os.path.join(job.sweep_dir or self.sweep_dir, job.sweep_subdir or str(job.id))
+        report({"output_dir": output_dir})
         try:
             os.chdir(self.cwd)
-            jobfiles.job_started(folder, job)  # FolderTaken: another job's, left as it is
-            output_dir = folder
-            report({"output_dir": output_dir})
-            _log_to(Path(folder) / LOG_FILE)
-            config = self._compose(job, Path(folder))
+            jobfiles.job_started(output_dir, job)
+            _log_to(Path(output_dir) / LOG_FILE)
+            config = self._compose(job, Path(output_dir))
             config.pop("trainer", None)
             fn = import_function(self.spec["trainer"], self.sys_path, "trainer")
             logging.getLogger("dr_exp.trainer").info(
                 "job %s: %s %s", job.id, self.spec["trainer"], " ".join(job.overrides)
             )
-            ret = fn(str(job.id), os.environ.get(paths.ENV_WORKER_ID, ""), folder, **config)
+            ret = fn(str(job.id), os.environ.get(paths.ENV_WORKER_ID, ""), output_dir, **config)
             metrics = ret.get("metrics", ret) if isinstance(ret, dict) else None
             if isinstance(metrics, dict):
-                jobfiles.write_json(Path(folder) / jobfiles.METRICS_FILE, metrics)
+                jobfiles.write_json(Path(output_dir) / jobfiles.METRICS_FILE, metrics)
         except BaseException as exc:  # noqa: B036 - SystemExit in a trainer is a failure too
             write_error_file(
                 output_dir, "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))

@@ -1,9 +1,10 @@
-"""Two sweeps that resolve to one output folder: the first job's results stay.
+"""Two sweeps that resolve to one ``${now:...}`` output folder: the first job's results stay.
 
-Two sweeps queued within one second share Hydra's default ``${now:...}`` folder, and a
-re-run into a fixed ``hydra.sweep.dir`` numbers its new jobs from 0: a job whose folder
-holds another job's ``job.json`` fails (FolderTaken) and changes nothing there.  Here the
-sweeps share a fixed folder, which is the same case without depending on the clock.
+Two sweeps queued within one second share Hydra's default ``${now:...}`` folder: a job
+whose folder holds another job's ``job.json`` fails (FolderTaken) and changes nothing
+there.  Here the folder is ``${now:%Y}``, which is the same case without depending on the
+clock.  A folder the user chose (a fixed ``hydra.sweep.dir``) behaves as under the basic
+launcher: a changed job run in it again (to resume it) writes there.
 """
 
 from __future__ import annotations
@@ -36,21 +37,24 @@ def folder_state(folder: Path) -> dict[str, str]:
     return state
 
 
-def test_a_second_sweep_in_the_same_folder_leaves_the_first_ones_results(
+NOW_DIR = "hydra.sweep.dir=shared/${now:%Y}"
+
+
+def test_a_second_sweep_in_the_same_now_folder_leaves_the_first_ones_results(
     tmp_path: Path, db_path: Path
 ) -> None:
-    run_app(APP, "-m", "x=1,2", "hydra.sweep.dir=shared", *QUEUE, cwd=tmp_path)
+    run_app(APP, "-m", "x=1,2", NOW_DIR, *QUEUE, cwd=tmp_path)
     assert run_cli("worker", "--idle-timeout", "0.5").returncode == 0
     first = by_x(jobs(db_path))
     assert {x: (r["status"], r["return_value"]) for x, r in first.items()} == {
         "x=1": ("completed", 2),
         "x=2": ("completed", 4),
     }
-    shared = tmp_path / "shared"
+    (shared,) = (tmp_path / "shared").iterdir()  # shared/<this year>
     before = folder_state(shared)
     assert "x=1" in (shared / "0" / ".hydra" / "overrides.yaml").read_text()
 
-    run_app(APP, "-m", "x=7,8", "hydra.sweep.dir=shared", *QUEUE, cwd=tmp_path)
+    run_app(APP, "-m", "x=7,8", NOW_DIR, *QUEUE, cwd=tmp_path)
     assert run_cli("worker", "--idle-timeout", "0.5").returncode == 0
     rows = by_x(jobs(db_path))
     for x, num in (("x=7", 0), ("x=8", 1)):
@@ -61,28 +65,43 @@ def test_a_second_sweep_in_the_same_folder_leaves_the_first_ones_results(
         assert f"holds job {first[f'x={num + 1}']['id']}'s results (x={num + 1})" in error
     assert folder_state(shared) == before  # not one file written, removed or changed
     shown = run_cli("show", str(rows["x=7"]["id"])).stdout
-    assert "two sweeps resolved to one folder" in shown
+    assert "resolved to the same ${now:...} folder" in shown
+
+
+def test_a_changed_job_run_again_in_a_folder_the_user_chose_writes_there(
+    tmp_path: Path, db_path: Path
+) -> None:
+    """A fixed hydra.sweep.dir: as under the basic launcher (a job resumed with a changed
+    override, into its folder)."""
+    run_app(APP, "-m", "x=1", "hydra.sweep.dir=out", *QUEUE, cwd=tmp_path)
+    run_cli("worker", "--idle-timeout", "0.5")
+    run_app(APP, "-m", "x=1", "+extra=1", "hydra.sweep.dir=out", *QUEUE, cwd=tmp_path)
+    run_cli("worker", "--idle-timeout", "0.5")
+    assert {r["status"] for r in jobs(db_path)} == {"completed"}
+    info = json.loads((tmp_path / "out" / "0" / "job.json").read_text())
+    assert info["overrides"] == ["x=1", "+extra=1"]
 
 
 def test_the_same_jobs_queued_anew_take_their_folders_over(tmp_path: Path, db_path: Path) -> None:
     """on_duplicate=always: new rows for the same overrides run again where they ran."""
-    run_app(APP, "-m", "x=1,2", "hydra.sweep.dir=out", *QUEUE, cwd=tmp_path)
+    run_app(APP, "-m", "x=1,2", NOW_DIR, *QUEUE, cwd=tmp_path)
     run_cli("worker", "--idle-timeout", "0.5")
-    run_app(APP, "-m", "x=1,2", "hydra.sweep.dir=out", "hydra.launcher.on_duplicate=always",
+    run_app(APP, "-m", "x=1,2", NOW_DIR, "hydra.launcher.on_duplicate=always",
             *QUEUE, cwd=tmp_path)  # fmt: skip
     run_cli("worker", "--idle-timeout", "0.5")
     rows = jobs(db_path)
     assert len(rows) == 4 and {r["status"] for r in rows} == {"completed"}
     newest = {json.dumps(r["overrides"]): r for r in sorted(rows, key=lambda r: r["id"])}
     for num in (0, 1):
-        info = json.loads((tmp_path / "out" / str(num) / "job.json").read_text())
+        (folder,) = (tmp_path / "shared").iterdir()
+        info = json.loads((folder / str(num) / "job.json").read_text())
         assert info["id"] == newest[json.dumps(info["overrides"])]["id"]  # the new row's
 
 
 def _start(folder: str, job: Job, barrier, results) -> None:
     barrier.wait()
     try:
-        job_started(folder, job)
+        job_started(folder, job, exclusive=True)
         results.put(job.id)
     except FolderTaken:
         results.put(-job.id)
