@@ -25,7 +25,7 @@ from __future__ import annotations
 import copy
 import os
 import sys
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 from hydra import __version__, version
 from hydra._internal.config_loader_impl import ConfigLoaderImpl, get_overrides_dirname
@@ -58,16 +58,35 @@ class SweepComposer:
         self.cache: dict[tuple[str, ...], tuple[DefaultsList, DictConfig]] = {}
 
     def compose(self, sweep_overrides: list[str]) -> DictConfig:
+        return self.plan(sweep_overrides)(copy.deepcopy)
+
+    def plan(self, sweep_overrides: list[str]) -> Callable[[Callable], DictConfig]:
+        """What jobs share, now (parsing, validation, the cached merge); the job's own part
+        when the answer is called, with how to copy the cached merge.
+
+        A fork server plans, then forks: its job's process finishes the plan in place
+        (``plan(o)(lambda c: c)``), on its private copy of the server's memory, which
+        saves the deep copy of the whole config that ``compose`` makes.
+        """
         overrides = self.hydra_overrides + list(sweep_overrides)
         parsed = self.parser.parse_overrides(overrides=overrides)
         if any(o.get_key_element() == "hydra.searchpath" for o in parsed):
-            return self.loader.load_sweep_config(self.master, list(sweep_overrides))
+            full = self.loader.load_sweep_config(self.master, list(sweep_overrides))
+            return lambda _copy: full
         try:
-            cfg = self._load(parsed)
+            planned = self._plan(parsed)
         except OmegaConfBaseException as e:  # as Hydra's load_configuration wraps it
             raise ConfigCompositionException().with_traceback(sys.exc_info()[2]) from e
-        OmegaConf.copy_cache(from_config=self.master, to_config=cfg)
-        return cfg
+
+        def finish(copy_merged: Callable) -> DictConfig:
+            try:
+                cfg = self._finish(*planned, copy_merged(planned[1]))
+            except OmegaConfBaseException as e:
+                raise ConfigCompositionException().with_traceback(sys.exc_info()[2]) from e
+            OmegaConf.copy_cache(from_config=self.master, to_config=cfg)
+            return cfg
+
+        return finish
 
     def _repo(self, parsed: list[Override]) -> CachingConfigRepository:
         """The search path's repository, shared by the jobs until a config file changes."""
@@ -80,9 +99,10 @@ class SweepComposer:
             self.repo, self._stamp = repo, _files_stamp(repo)
         return self.repo
 
-    def _load(self, parsed: list[Override]) -> DictConfig:
-        """``ConfigLoaderImpl._load_configuration_impl``, with the defaults list and the merged
-        config reused across jobs that choose the same config groups."""
+    def _plan(self, parsed: list[Override]) -> tuple:
+        """``ConfigLoaderImpl._load_configuration_impl`` up to the merged config, which is
+        reused across jobs that choose the same config groups: (defaults list, merged
+        config, the value overrides, the parsed overrides, the repository)."""
         loader = self.loader
         repo = self._repo(parsed)
         loader.validate_sweep_overrides_legal(
@@ -106,8 +126,19 @@ class SweepComposer:
         else:
             config_overrides = [o for o in parsed if not _chooses_group(o, repo)]
         defaults_list, merged = cached
-        cfg = copy.deepcopy(merged)
+        return defaults_list, merged, config_overrides, parsed, repo
 
+    def _finish(
+        self,
+        defaults_list: DefaultsList,
+        _merged: DictConfig,
+        config_overrides: list[Override],
+        parsed: list[Override],
+        repo: CachingConfigRepository,
+        cfg: DictConfig,
+    ) -> DictConfig:
+        """The rest of ``_load_configuration_impl``, on ``cfg``: a copy of the merged config
+        that is the job's own."""
         OmegaConf.set_struct(cfg, True)
         OmegaConf.set_readonly(cfg.hydra, False)
         ConfigLoaderImpl._apply_overrides_to_config(config_overrides, cfg)

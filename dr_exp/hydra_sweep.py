@@ -104,11 +104,12 @@ class HydraSweep(JobContext):
         return True
 
     def prepare(self, job: Job) -> Any:
-        """In the fork server: the job's composed config (or the error composing it)."""
+        """In the fork server: what the job's composition shares with other jobs (a plan
+        its process finishes in place, see SweepComposer.plan), or the error composing it."""
         if self._load_error is not None:
             return self._load_error
         try:
-            return self._composer.compose(list(job.overrides))
+            return self._composer.plan(list(job.overrides))
         except BaseException as exc:  # noqa: B036 - the job's process reports it
             return exc
 
@@ -130,11 +131,12 @@ class HydraSweep(JobContext):
             report({"sync": sync_settings(callbacks)})  # for a job that dies before on_job_end
             if isinstance(prepared, BaseException):
                 raise prepared
-            sweep_config = prepared
-            if sweep_config is None:
+            if prepared is None:
                 sweep_config = sweep.hydra_context.config_loader.load_sweep_config(
                     sweep.config, list(job.overrides)
                 )
+            else:  # this process's copy of the server's merged config is the job's own
+                sweep_config = prepared(lambda merged: merged)
             with open_dict(sweep_config):
                 sweep_config.hydra.job.id = job.id
                 sweep_config.hydra.job.num = job.job_num

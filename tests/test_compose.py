@@ -110,3 +110,46 @@ def test_an_edited_config_file_applies_to_the_next_job(loader_and_master) -> Non
     first = composer.compose(["lr=2"])
     assert first.db.port == 3307
     _same(first, loader.load_sweep_config(master, ["lr=2"]))
+
+
+def test_a_plan_finished_in_place_in_a_fork_is_hydras_config_and_spares_the_cache(
+    loader_and_master,
+) -> None:
+    """As under a fork server: plan in this process, finish in a forked child without a copy
+    (its memory is its own), bad jobs included; the cache here is left as it was."""
+    import os
+    import pickle
+
+    loader, master, _ = loader_and_master
+    composer = SweepComposer(loader, master)
+    composer.compose(["lr=0.5"])  # a warm cache, which the children must not change here
+    cached = {k: OmegaConf.to_yaml(m) for k, (_, m) in composer.cache.items()}
+    for overrides in JOBS + BAD:
+        try:
+            expected = OmegaConf.to_yaml(loader.load_sweep_config(master, overrides))
+        except Exception as e:
+            expected = f"{type(e).__name__}: {e}"
+        try:
+            finish = composer.plan(overrides)
+        except Exception as e:  # found while planning: the server hands the error over
+            assert f"{type(e).__name__}: {e}" == expected, overrides
+            continue
+        read, write = os.pipe()
+        pid = os.fork()
+        if pid == 0:  # pragma: no cover - the child
+            try:
+                got = OmegaConf.to_yaml(finish(lambda merged: merged))
+            except Exception as e:
+                got = f"{type(e).__name__}: {e}"
+            os.write(write, pickle.dumps(got))
+            os._exit(0)
+        os.close(write)
+        data = b""
+        while chunk := os.read(read, 1 << 16):
+            data += chunk
+        os.close(read)
+        os.waitpid(pid, 0)
+        assert pickle.loads(data) == expected, overrides
+    assert {k: OmegaConf.to_yaml(m) for k, (_, m) in composer.cache.items() if k in cached} == (
+        cached
+    )
