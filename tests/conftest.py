@@ -54,7 +54,17 @@ def run_app(
     timeout: float = 300,
     env: dict | None = None,
 ):
-    """Run a Hydra app as a subprocess through its command line."""
+    """Run a Hydra app as a subprocess through its command line.
+
+    A multirun without a ``hydra.sweep.dir`` gets Hydra's default folder to the
+    microsecond: two sweeps a test queues within one second would otherwise share
+    ``multirun/<date>/<time>``, and the second one's jobs fail with FolderTaken
+    (tests/test_folders.py tests that on purpose).
+    """
+    if ("-m" in overrides or "--multirun" in overrides) and not any(
+        o.startswith("hydra.sweep.dir=") for o in overrides
+    ):
+        overrides = (*overrides, "hydra.sweep.dir=multirun/${now:%Y-%m-%d}/${now:%H-%M-%S-%f}")
     proc = subprocess.run(
         [sys.executable, str(script), *overrides],
         cwd=cwd,
