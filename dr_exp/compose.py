@@ -78,9 +78,13 @@ class SweepComposer:
         except OmegaConfBaseException as e:  # as Hydra's load_configuration wraps it
             raise ConfigCompositionException().with_traceback(sys.exc_info()[2]) from e
 
+        defaults_list, merged, config_overrides, repo = planned
+
         def finish(copy_merged: Callable) -> DictConfig:
             try:
-                cfg = self._finish(*planned, copy_merged(planned[1]))
+                cfg = self._finish(
+                    defaults_list, config_overrides, parsed, repo, copy_merged(merged)
+                )
             except OmegaConfBaseException as e:
                 raise ConfigCompositionException().with_traceback(sys.exc_info()[2]) from e
             OmegaConf.copy_cache(from_config=self.master, to_config=cfg)
@@ -102,7 +106,7 @@ class SweepComposer:
     def _plan(self, parsed: list[Override]) -> tuple:
         """``ConfigLoaderImpl._load_configuration_impl`` up to the merged config, which is
         reused across jobs that choose the same config groups: (defaults list, merged
-        config, the value overrides, the parsed overrides, the repository)."""
+        config, the value overrides, the repository)."""
         loader = self.loader
         repo = self._repo(parsed)
         loader.validate_sweep_overrides_legal(
@@ -126,12 +130,11 @@ class SweepComposer:
         else:
             config_overrides = [o for o in parsed if not _chooses_group(o, repo)]
         defaults_list, merged = cached
-        return defaults_list, merged, config_overrides, parsed, repo
+        return defaults_list, merged, config_overrides, repo
 
     def _finish(
         self,
         defaults_list: DefaultsList,
-        _merged: DictConfig,
         config_overrides: list[Override],
         parsed: list[Override],
         repo: CachingConfigRepository,

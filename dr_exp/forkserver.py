@@ -105,7 +105,8 @@ class ForkServer:
         if self.sock is not None:
             self.sock.close()
             self.sock = None
-        self.pid = reap(self.pid)
+        reap(self.pid)
+        self.pid = None
 
 
 class ServedJob(JobProcess):

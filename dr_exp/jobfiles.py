@@ -35,9 +35,14 @@ MANIFEST_FILE = "dr_exp_jobs.jsonl"
 
 def write_json(path: Path, data: Any) -> None:
     """Write atomically, so a reader on a synced copy never sees half a file."""
+    os.replace(_json_beside(path, data), path)
+
+
+def _json_beside(path: Path, data: Any) -> Path:
+    """``data`` as JSON in a temporary file beside ``path``, to be moved or linked there."""
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     tmp.write_text(json.dumps(data, indent=2, default=str) + "\n")
-    os.replace(tmp, path)
+    return tmp
 
 
 def write_bytes(path: str, data: bytes) -> None:
@@ -100,15 +105,12 @@ def _take_folder(path: Path, record: dict) -> None:
     not checked: running a changed job in it again, to resume it, is theirs to decide.
     """
     folder = path.parent
-    tmp = folder / f".{JOB_FILE}.{os.getpid()}.tmp"
-    tmp.write_text(json.dumps(record, indent=2, default=str) + "\n")
+    tmp = _json_beside(path, record)
     try:
         try:
             os.link(tmp, path)  # atomic: fails when the file exists
             return
-        except FileExistsError:
-            pass
-        except OSError:  # a filesystem without hard links: look, then write
+        except OSError:  # it exists (or hard links are not supported: look, then write)
             pass
         other = read_job_file(folder)
         if other is not None and not _same_job(other, record):

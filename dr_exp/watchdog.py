@@ -32,14 +32,12 @@ def fence_budget(lease_s: float, heartbeat_s: float) -> float:
 
 
 def reap(pid: Optional[int]) -> None:
-    """Wait for a child that exits once its pipe or socket is closed; always None, for
-    ``self.pid = reap(self.pid)``."""
+    """Wait for a child that exits once its pipe or socket is closed (None: no child)."""
     if pid is not None:
         try:
             os.waitpid(pid, 0)
         except ChildProcessError:
             pass
-    return None
 
 
 def _kill_group(pgid: Optional[int]) -> None:
@@ -123,4 +121,5 @@ class Watchdog:
         if self._fd is not None:
             os.close(self._fd)
             self._fd = None
-        self.pid = reap(self.pid)
+        reap(self.pid)
+        self.pid = None
